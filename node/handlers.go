@@ -51,7 +51,9 @@ type PutRequest struct {
 	// Data is the new state of the thing: any JSON value.
 	Data json.RawMessage `json:"data"`
 	// Recipients are node ids from the peer file whose recipient keys the
-	// entry's content key is also sealed to (envelope mode).
+	// entry's content key is also sealed to (envelope mode). Without the
+	// field, a node with sealing to peers on uses every peer that has a
+	// recipient key; an empty list means none.
 	Recipients []string `json:"recipients,omitempty"`
 }
 
@@ -90,7 +92,11 @@ func (s *Server) handlePutThing(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("data has %d bytes, the limit of one entry is %d", len(req.Data), ledger.MaxDataSize))
 		return
 	}
-	recipients, err := s.resolveRecipients(req.Recipients)
+	nodeIDs := req.Recipients
+	if nodeIDs == nil && (s.seal || s.pins.File().SealToPeers) {
+		nodeIDs = s.peersWithRecipientKey()
+	}
+	recipients, err := s.resolveRecipients(nodeIDs)
 	if err != nil {
 		writeError(w, http.StatusUnprocessableEntity, "unknown_recipient", err.Error())
 		return
@@ -109,6 +115,18 @@ func (s *Server) handlePutThing(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.appends.Inc()
 	writeJSON(w, http.StatusOK, entryInfoJSON(info))
+}
+
+// peersWithRecipientKey returns the node ids of the peers that envelope
+// mode can seal to.
+func (s *Server) peersWithRecipientKey() []string {
+	var ids []string
+	for _, peer := range s.pins.File().Peers {
+		if len(peer.RecipientKey) > 0 {
+			ids = append(ids, peer.NodeID)
+		}
+	}
+	return ids
 }
 
 func (s *Server) resolveRecipients(nodeIDs []string) ([]ledger.Recipient, error) {

@@ -257,8 +257,9 @@ func collectEntryErrors(err error) []*ledger.EntryError {
 
 // SyncStatusResponse is the body of GET /v1/sync/status.
 type SyncStatusResponse struct {
-	Node  string       `json:"node"`
-	Peers []PeerStatus `json:"peers"`
+	Node     string         `json:"node"`
+	PeerFile PeerFileStatus `json:"peerFile"`
+	Peers    []PeerStatus   `json:"peers"`
 }
 
 func (s *Server) handleSyncStatus(w http.ResponseWriter, r *http.Request) {
@@ -267,5 +268,5 @@ func (s *Server) handleSyncStatus(w http.ResponseWriter, r *http.Request) {
 		peers = append(peers, s.sync.SyncStatus()...)
 		sortPeerStatus(peers)
 	}
-	writeJSON(w, http.StatusOK, SyncStatusResponse{Node: s.ledger.Identity().NodeID, Peers: peers})
+	writeJSON(w, http.StatusOK, SyncStatusResponse{Node: s.ledger.Identity().NodeID, PeerFile: s.pins.Status(), Peers: peers})
 }

@@ -29,7 +29,10 @@ const (
 type PeerFile struct {
 	Interval  time.Duration
 	BatchSize int
-	Peers     []Peer
+	// SealToPeers makes a put without a recipients field seal its entry to
+	// every peer that has a recipient key (envelope mode).
+	SealToPeers bool
+	Peers       []Peer
 }
 
 // Peer is one peer of a node with its pinned keys. CAFile and TokenFile are
@@ -46,9 +49,10 @@ type Peer struct {
 }
 
 type peerFileJSON struct {
-	Interval  string     `json:"interval,omitempty"`
-	BatchSize int        `json:"batchSize,omitempty"`
-	Peers     []peerJSON `json:"peers"`
+	Interval    string     `json:"interval,omitempty"`
+	BatchSize   int        `json:"batchSize,omitempty"`
+	SealToPeers bool       `json:"sealToPeers,omitempty"`
+	Peers       []peerJSON `json:"peers"`
 }
 
 type peerJSON struct {
@@ -73,7 +77,7 @@ func ParsePeerFile(data []byte, baseDir string) (*PeerFile, error) {
 		return nil, fmt.Errorf("parse peer file: %w", err)
 	}
 
-	pf := &PeerFile{Interval: DefaultSyncInterval, BatchSize: DefaultSyncBatchSize}
+	pf := &PeerFile{Interval: DefaultSyncInterval, BatchSize: DefaultSyncBatchSize, SealToPeers: raw.SealToPeers}
 	if raw.Interval != "" {
 		d, err := time.ParseDuration(raw.Interval)
 		if err != nil || d <= 0 {
@@ -151,7 +155,7 @@ func resolvePath(baseDir, path string) string {
 // MarshalPeerFile encodes pf in the peer file format, with caFile and
 // tokenFile as given.
 func MarshalPeerFile(pf *PeerFile) ([]byte, error) {
-	raw := peerFileJSON{BatchSize: pf.BatchSize, Peers: []peerJSON{}}
+	raw := peerFileJSON{BatchSize: pf.BatchSize, SealToPeers: pf.SealToPeers, Peers: []peerJSON{}}
 	if pf.Interval > 0 {
 		raw.Interval = pf.Interval.String()
 	}
@@ -182,17 +186,35 @@ func MarshalPeerFile(pf *PeerFile) ([]byte, error) {
 type PinStore struct {
 	path string
 
-	mu      sync.RWMutex
-	file    *PeerFile
-	byID    map[string]Peer
-	content []byte
+	mu       sync.RWMutex
+	file     *PeerFile
+	byID     map[string]Peer
+	content  []byte
+	loadedAt time.Time
+	loadErr  error
+	changed  chan struct{} // closed and replaced when the file changes
+}
+
+// PeerFileStatus is the state of the peer file as GET /v1/sync/status
+// reports it. Error is set while the file on disk does not load; the peers
+// of LoadedAt stay in force meanwhile.
+type PeerFileStatus struct {
+	Path     string     `json:"path,omitempty"`
+	Peers    int        `json:"peers"`
+	LoadedAt *time.Time `json:"loadedAt,omitempty"`
+	Error    string     `json:"error,omitempty"`
 }
 
 // NewPinStore loads the peer file at path. An empty path, or a file that
 // does not exist yet, gives an empty store; a reload picks the file up when
 // it appears.
 func NewPinStore(path string) (*PinStore, error) {
-	s := &PinStore{path: path, file: &PeerFile{Interval: DefaultSyncInterval, BatchSize: DefaultSyncBatchSize}, byID: map[string]Peer{}}
+	s := &PinStore{
+		path:    path,
+		file:    &PeerFile{Interval: DefaultSyncInterval, BatchSize: DefaultSyncBatchSize},
+		byID:    map[string]Peer{},
+		changed: make(chan struct{}),
+	}
 	if _, err := s.Reload(); err != nil {
 		return nil, err
 	}
@@ -200,8 +222,17 @@ func NewPinStore(path string) (*PinStore, error) {
 }
 
 // Reload reads the peer file again and reports whether it changed. On error
-// the previous pins stay in force.
+// the previous pins stay in force, and Status reports the error until a
+// later reload succeeds.
 func (s *PinStore) Reload() (bool, error) {
+	changed, err := s.reload()
+	s.mu.Lock()
+	s.loadErr = err
+	s.mu.Unlock()
+	return changed, err
+}
+
+func (s *PinStore) reload() (bool, error) {
 	if s.path == "" {
 		return false, nil
 	}
@@ -234,7 +265,34 @@ func (s *PinStore) Reload() (bool, error) {
 	s.file = pf
 	s.byID = byID
 	s.content = data
+	s.loadedAt = time.Now().UTC()
+	close(s.changed)
+	s.changed = make(chan struct{})
 	return true, nil
+}
+
+// Changed returns a channel that is closed at the next change of the peer
+// file, so that the sync loop applies it without polling.
+func (s *PinStore) Changed() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed
+}
+
+// Status returns the path, the time of the last successful load and the
+// error of the last reload, if it failed.
+func (s *PinStore) Status() PeerFileStatus {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	st := PeerFileStatus{Path: s.path, Peers: len(s.file.Peers)}
+	if !s.loadedAt.IsZero() {
+		at := s.loadedAt
+		st.LoadedAt = &at
+	}
+	if s.loadErr != nil {
+		st.Error = s.loadErr.Error()
+	}
+	return st
 }
 
 // Lookup returns the peer pinned under nodeID.
@@ -253,16 +311,24 @@ func (s *PinStore) File() *PeerFile {
 }
 
 // PeerStatus is the sync state of one peer as GET /v1/sync/status reports it.
+// LastError and LastErrorReason describe the last attempt and are empty
+// after a success. LagEntries counts the entries the peer's signed heads
+// list that this node lacked after the last attempt. Fork holds both lines
+// of the first fork seen with this peer while ForkDetected is true.
 type PeerStatus struct {
-	Name               string     `json:"name"`
-	NodeID             string     `json:"nodeID"`
-	URL                string     `json:"url"`
-	LastSuccess        *time.Time `json:"lastSuccess,omitempty"`
-	LastAttempt        *time.Time `json:"lastAttempt,omitempty"`
-	LastError          string     `json:"lastError,omitempty"`
-	EntriesTransferred uint64     `json:"entriesTransferred"`
-	LagEntries         uint64     `json:"lagEntries"`
-	ForkDetected       bool       `json:"forkDetected,omitempty"`
+	Name                string     `json:"name"`
+	NodeID              string     `json:"nodeID"`
+	URL                 string     `json:"url"`
+	LastSuccess         *time.Time `json:"lastSuccess,omitempty"`
+	LastAttempt         *time.Time `json:"lastAttempt,omitempty"`
+	NextAttempt         *time.Time `json:"nextAttempt,omitempty"`
+	LastError           string     `json:"lastError,omitempty"`
+	LastErrorReason     string     `json:"lastErrorReason,omitempty"`
+	ConsecutiveFailures int        `json:"consecutiveFailures,omitempty"`
+	EntriesTransferred  uint64     `json:"entriesTransferred"`
+	LagEntries          uint64     `json:"lagEntries"`
+	ForkDetected        bool       `json:"forkDetected,omitempty"`
+	Fork                *ForkJSON  `json:"fork,omitempty"`
 }
 
 // SyncStatusSource reports per-peer sync state. The sync loop implements it;

@@ -26,6 +26,8 @@ type ServeConfig struct {
 	TLSDir         string
 	ClientAuth     string
 	PeersFile      string
+	Resolve        ResolveMap
+	SealToPeers    bool
 	Durability     string
 	Insecure       bool
 	ReloadInterval time.Duration
@@ -40,7 +42,8 @@ type ServeConfig struct {
 	ShutdownTimeout   time.Duration
 	MaxHeaderBytes    int
 
-	// Sync, when set, reports per-peer state on GET /v1/sync/status.
+	// Sync, when set, reports per-peer state on GET /v1/sync/status in
+	// place of the sync loop that serve starts for --peers-file.
 	Sync SyncStatusSource
 }
 
@@ -53,7 +56,9 @@ func (c *command) serveFlags(cfg *ServeConfig) {
 	f.StringVar(&cfg.TokenDir, "token-dir", "", "directory of token records, reloaded on change (default DATA-DIR/tokens)")
 	f.StringVar(&cfg.TLSDir, "tls-dir", "", "directory with tls.crt, tls.key and optional ca.crt, reloaded on change")
 	f.StringVar(&cfg.ClientAuth, "client-auth", "none", "client certificates: none, request or require, verified against ca.crt")
-	f.StringVar(&cfg.PeersFile, "peers-file", "", "peer file whose pinned keys import checks, reloaded on change; empty rejects every import")
+	f.StringVar(&cfg.PeersFile, "peers-file", "", "peer file, reloaded on change: the sync loop pulls from its peers and import accepts only their pinned keys; empty means no sync and rejects every import")
+	f.Var(&cfg.Resolve, "resolve", "HOST:PORT=ADDR: peer connections to HOST:PORT dial ADDR (host, or host:port) while TLS still verifies HOST, like curl --resolve; repeat or separate with commas. For tests and laptops that run pods' peer files against local processes")
+	f.BoolVar(&cfg.SealToPeers, "seal-to-peers", false, "seal every put without a recipients field to all peers of the peer file that have a recipientKey (envelope mode); the peer file's sealToPeers does the same")
 	f.StringVar(&cfg.Durability, "durability", "batch", "when a write is acknowledged: always (fsync each), batch (group fsync) or none")
 	f.BoolVar(&cfg.Insecure, "insecure", false, "serve plain HTTP without TLS; tokens cross the network in clear text")
 	f.DurationVar(&cfg.ReloadInterval, "reload-interval", 5*time.Second, "how often token, TLS and peer files are checked for changes")
@@ -179,7 +184,24 @@ func Serve(ctx context.Context, cfg ServeConfig, logger *slog.Logger) (err error
 		}
 	}
 
-	server := NewServer(ServerOptions{Ledger: l, Tokens: tokens, Pins: pins, Sync: cfg.Sync, Logger: logger, Limits: cfg.Limits})
+	// The sync loop runs only with a peer file, and stops before the
+	// deferred Close of the ledger.
+	var syncer *Syncer
+	if cfg.PeersFile != "" {
+		syncOpts := SyncOptions{Ledger: l, Pins: pins, Resolve: cfg.Resolve, Logger: logger.With("component", "sync")}
+		if certs != nil {
+			syncOpts.ClientCertificate = certs.ClientCertificate
+		}
+		syncer = NewSyncer(syncOpts)
+		if cfg.Sync == nil {
+			cfg.Sync = syncer
+		}
+	}
+
+	server := NewServer(ServerOptions{Ledger: l, Tokens: tokens, Pins: pins, Sync: cfg.Sync, SealToPeers: cfg.SealToPeers, Logger: logger, Limits: cfg.Limits})
+	if syncer != nil {
+		server.metrics.registry.MustRegister(syncer.metrics)
+	}
 	listener, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
@@ -202,6 +224,18 @@ func Serve(ctx context.Context, cfg ServeConfig, logger *slog.Logger) (err error
 	reloadCtx, stopReload := context.WithCancel(ctx)
 	defer stopReload()
 	go reloadLoop(reloadCtx, cfg.ReloadInterval, logger, server.metrics, tokens, pins, certs)
+	if syncer != nil {
+		syncCtx, stopSync := context.WithCancel(ctx)
+		syncDone := make(chan struct{})
+		go func() {
+			defer close(syncDone)
+			syncer.Run(syncCtx)
+		}()
+		defer func() {
+			stopSync()
+			<-syncDone
+		}()
+	}
 
 	served := make(chan error, 1)
 	go func() { served <- httpServer.Serve(listener) }()
@@ -213,7 +247,7 @@ func Serve(ctx context.Context, cfg ServeConfig, logger *slog.Logger) (err error
 		}
 	}
 	logger.Info("serving", "address", addr, "tls", certs != nil, "clientAuth", clientAuth, "nodeID", l.Identity().NodeID,
-		"tokens", tokens.Len(), "peers", len(pins.File().Peers), "durability", durability)
+		"tokens", tokens.Len(), "peers", len(pins.File().Peers), "sync", syncer != nil, "resolve", cfg.Resolve.String(), "durability", durability)
 
 	select {
 	case err := <-served:

@@ -44,9 +44,12 @@ type ServerOptions struct {
 	Tokens *TokenStore
 	Pins   *PinStore
 	// Sync reports per-peer sync state; nil reports no peers.
-	Sync   SyncStatusSource
-	Logger *slog.Logger
-	Limits Limits
+	Sync SyncStatusSource
+	// SealToPeers seals puts without a recipients field to every peer with
+	// a recipient key, as the peer file's sealToPeers does.
+	SealToPeers bool
+	Logger      *slog.Logger
+	Limits      Limits
 	// Now is the clock of signed heads; nil means time.Now.
 	Now func() time.Time
 }
@@ -58,6 +61,7 @@ type Server struct {
 	tokens  *TokenStore
 	pins    *PinStore
 	sync    SyncStatusSource
+	seal    bool
 	logger  *slog.Logger
 	limits  Limits
 	now     func() time.Time
@@ -95,6 +99,7 @@ func NewServer(opts ServerOptions) *Server {
 		tokens:   opts.Tokens,
 		pins:     opts.Pins,
 		sync:     opts.Sync,
+		seal:     opts.SealToPeers,
 		logger:   opts.Logger,
 		limits:   limits,
 		now:      opts.Now,

@@ -132,6 +132,16 @@ func (r *CertReloader) Leaf() *x509.Certificate {
 	return r.leaf
 }
 
+// ClientCertificate returns the current certificate for outbound
+// connections whose server requests one, for tls.Config's
+// GetClientCertificate. A server that requires client certificates accepts
+// it only when it has the client-auth usage and the server's CA signed it.
+func (r *CertReloader) ClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.cert, nil
+}
+
 // TLSConfig returns a server configuration that picks up the current
 // certificate and CA at every handshake. TLS 1.2 is the minimum.
 func (r *CertReloader) TLSConfig() *tls.Config {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,12 +23,7 @@ func TestTwoNodeDemoScript(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	binDir := t.TempDir()
-	binary := filepath.Join(binDir, "thingdb")
-	build := exec.CommandContext(ctx, "go", "build", "-o", binary, "../cmd/thingdb")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build thingdb: %v\n%s", err, out)
-	}
+	binary := thingdbBinary(t)
 
 	work := t.TempDir()
 	script := exec.CommandContext(ctx, bash, "../hack/two-node-demo.sh", work)
