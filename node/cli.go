@@ -104,6 +104,9 @@ func (c *CLI) Run(ctx context.Context, args []string) int {
 		rest = args[2:]
 	}
 	run, ok := commands[name]
+	if subcommands := groupSubcommands(commands, args[0]); !ok && len(subcommands) > 0 {
+		return c.groupUsage(args, subcommands)
+	}
 	if !ok {
 		fmt.Fprintf(c.Stderr, "thingdb: unknown command %q; run \"thingdb help\" for the list\n", strings.Join(args[:min(2, len(args))], " "))
 		return 2
@@ -122,6 +125,37 @@ func (c *CLI) Run(ctx context.Context, args []string) int {
 	return 1
 }
 
+// groupSubcommands returns the sorted subcommands of a command group such
+// as "token", or nil when group is not one.
+func groupSubcommands(commands map[string]commandFunc, group string) []string {
+	var subcommands []string
+	for name := range commands {
+		if sub, found := strings.CutPrefix(name, group+" "); found {
+			subcommands = append(subcommands, sub)
+		}
+	}
+	sort.Strings(subcommands)
+	return subcommands
+}
+
+// groupUsage prints the subcommands of a command group that was given alone,
+// with --help or with an unknown subcommand. It returns 0 for a help request
+// and 2 otherwise.
+func (c *CLI) groupUsage(args, subcommands []string) int {
+	group := args[0]
+	list := strings.Join(subcommands, ", ")
+	if len(args) > 1 && (args[1] == "-h" || args[1] == "--help" || args[1] == "help") {
+		fmt.Fprintf(c.Stderr, "thingdb %s has the subcommands %s; run \"thingdb %s %s --help\" for the flags of one\n", group, list, group, subcommands[0])
+		return 0
+	}
+	if len(args) == 1 {
+		fmt.Fprintf(c.Stderr, "thingdb %s: missing subcommand: use one of %s\n", group, list)
+		return 2
+	}
+	fmt.Fprintf(c.Stderr, "thingdb %s: unknown subcommand %q: use one of %s\n", group, args[1], list)
+	return 2
+}
+
 // parse parses a command's flags and checks the number of positional
 // arguments, printing usage on a mismatch.
 func (c *CLI) parse(cmd *command, args []string, minArgs, maxArgs int) ([]string, error) {
@@ -129,12 +163,16 @@ func (c *CLI) parse(cmd *command, args []string, minArgs, maxArgs int) ([]string
 	if errors.Is(err, flag.ErrHelp) {
 		return nil, err
 	}
+	if err != nil && !errors.Is(err, errEnvironment) {
+		// The flag package has printed the error and the usage.
+		return nil, errUsage
+	}
 	if err != nil {
 		fmt.Fprintf(c.Stderr, "thingdb %s: %v\n", cmd.name, err)
 		return nil, errUsage
 	}
 	if len(positional) < minArgs || len(positional) > maxArgs {
-		fmt.Fprintf(c.Stderr, "thingdb %s: expected %s, got %d arguments\n\n", cmd.name, argCount(minArgs, maxArgs), len(positional))
+		fmt.Fprintf(c.Stderr, "thingdb %s: expected %s, got %d\n\n", cmd.name, argCount(minArgs, maxArgs), len(positional))
 		cmd.printUsage(c.Stderr)
 		return nil, errUsage
 	}

@@ -66,9 +66,12 @@ func (t target) open(create bool) (*ledger.Ledger, error) {
 		if err := os.MkdirAll(*t.dataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create data directory %s: %w", *t.dataDir, err)
 		}
+		// The ledger's errors for ErrExists, ErrNoLedger and
+		// ErrWrongPassphrase already name the directory, so only the hint is
+		// added to them.
 		l, err := ledger.Create(*t.dataDir, passphrase, opts)
 		if errors.Is(err, ledger.ErrExists) {
-			return nil, fmt.Errorf("create ledger in %s: %w; use another --data-dir or open this one", *t.dataDir, err)
+			return nil, fmt.Errorf("%w; use another --data-dir or open this one", err)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("create ledger in %s: %w", *t.dataDir, err)
@@ -78,9 +81,9 @@ func (t target) open(create bool) (*ledger.Ledger, error) {
 	l, err := ledger.Open(*t.dataDir, passphrase, opts)
 	switch {
 	case errors.Is(err, ledger.ErrNoLedger):
-		return nil, fmt.Errorf("open ledger in %s: %w; create one with thingdb init", *t.dataDir, err)
+		return nil, fmt.Errorf("%w; create one with thingdb init", err)
 	case errors.Is(err, ledger.ErrWrongPassphrase):
-		return nil, fmt.Errorf("open ledger in %s: %w; check --passphrase-file", *t.dataDir, err)
+		return nil, fmt.Errorf("%w; check --passphrase-file", err)
 	case err != nil:
 		return nil, fmt.Errorf("open ledger in %s: %w", *t.dataDir, err)
 	}

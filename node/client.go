@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -80,10 +81,41 @@ type APIError struct {
 }
 
 func (e *APIError) Error() string {
-	if e.ErrorBody.Error == "" {
+	switch {
+	case e.ErrorBody.Error == "":
 		return fmt.Sprintf("server returned %d %s", e.Status, http.StatusText(e.Status))
+	case e.Reason == "":
+		return fmt.Sprintf("server returned %d %s: %s", e.Status, http.StatusText(e.Status), e.ErrorBody.Error)
 	}
 	return fmt.Sprintf("server returned %d (%s): %s", e.Status, e.Reason, e.ErrorBody.Error)
+}
+
+// tlsHint returns the next step for a certificate that the client did not
+// accept, or "" for any other error.
+func tlsHint(err error) string {
+	var unknownAuthority x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	switch {
+	case errors.As(err, &unknownAuthority):
+		return "; pass --ca-file with the CA certificate that signed the node's certificate"
+	case errors.As(err, &hostname):
+		return "; use a host name that the certificate lists, or issue one with thingdb tls issue --host"
+	}
+	return ""
+}
+
+// maxPlainErrorBody is how much of a non-JSON error body an APIError keeps.
+const maxPlainErrorBody = 200
+
+// plainErrorText returns the first line of a non-JSON error body, such as
+// Go's "Client sent an HTTP request to an HTTPS server." for an http:// URL
+// that points at a TLS port, cut to maxPlainErrorBody bytes.
+func plainErrorText(body []byte) string {
+	line, _, _ := strings.Cut(strings.TrimSpace(string(body)), "\n")
+	if len(line) > maxPlainErrorBody {
+		line = line[:maxPlainErrorBody] + "..."
+	}
+	return line
 }
 
 // do sends a request and decodes a JSON response into out. For a non-2xx
@@ -110,7 +142,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return fmt.Errorf("%s %s: %w%s", method, path, err, tlsHint(err))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
@@ -120,7 +152,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 
 	if resp.StatusCode/100 != 2 {
 		apiErr := &APIError{Status: resp.StatusCode}
-		_ = json.Unmarshal(data, &apiErr.ErrorBody)
+		if json.Unmarshal(data, &apiErr.ErrorBody) != nil {
+			apiErr.ErrorBody = ErrorBody{Error: plainErrorText(data)}
+		}
 		if out != nil {
 			_ = json.Unmarshal(data, out)
 		}

@@ -9,6 +9,10 @@ import (
 	"strings"
 )
 
+// errEnvironment marks an invalid flag value that came from an environment
+// variable, which the flag package has not printed.
+var errEnvironment = errors.New("invalid environment variable")
+
 // envPrefix starts the environment variable of every flag: --data-dir is
 // also THINGDB_DATA_DIR.
 const envPrefix = "THINGDB_"
@@ -69,6 +73,8 @@ func (c *command) parse(args []string, lookupEnv func(string) (string, bool)) ([
 		args = rest[1:]
 	}
 
+	// The flag package printed its own parse errors. Errors from the
+	// environment carry errEnvironment, so the caller prints them.
 	given := map[string]bool{}
 	c.flags.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var errs []error
@@ -82,7 +88,7 @@ func (c *command) parse(args []string, lookupEnv func(string) (string, bool)) ([
 			return
 		}
 		if err := c.flags.Set(f.Name, value); err != nil {
-			errs = append(errs, fmt.Errorf("invalid environment variable %s=%q: %w", name, value, err))
+			errs = append(errs, fmt.Errorf("%w %s=%q: %w; unset it or give a value that --%s accepts (thingdb %s --help)", errEnvironment, name, value, err, f.Name, c.name))
 		}
 	})
 	return positional, errors.Join(errs...)

@@ -125,7 +125,8 @@ func openOrCreate(dir string, passphrase []byte, opts ledger.Options, logger *sl
 	}
 	l, err := ledger.Open(dir, passphrase, opts)
 	if errors.Is(err, ledger.ErrWrongPassphrase) {
-		return nil, fmt.Errorf("open ledger in %s: %w; check --passphrase-file", dir, err)
+		// The ledger's error already names dir.
+		return nil, fmt.Errorf("%w; check --passphrase-file", err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open ledger in %s: %w", dir, err)
