@@ -32,10 +32,11 @@ CRD_PATHS := paths="./api/..."
 RBAC_PATHS := paths="./controllers/..."
 
 .PHONY: manifests
-manifests: ## Generate the CRDs and the manager's ClusterRole into config/ and the chart.
+manifests: ## Generate the CRDs and ClusterRole into config/ and the chart, and docs/api-reference.md.
 	$(CONTROLLER_GEN) crd $(CRD_PATHS) output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=manager-role $(RBAC_PATHS) output:rbac:artifacts:config=config/rbac
 	$(MAKE) chart-sync
+	$(GO) run ./hack/apidocs config/crd/bases > docs/api-reference.md
 
 .PHONY: generate
 generate: ## Generate the DeepCopy methods of the API types.
@@ -54,6 +55,8 @@ verify-generated: ## Fail when the committed CRDs, ClusterRole or DeepCopy code 
 	diff -r config/crd/bases "$$tmp/crd" || stale=1; \
 	diff config/rbac/role.yaml "$$tmp/rbac/role.yaml" || stale=1; \
 	diff api/v1alpha1/zz_generated.deepcopy.go "$$tmp/deepcopy.generated" || stale=1; \
+	$(GO) run ./hack/apidocs config/crd/bases > "$$tmp/api-reference.md"; \
+	diff docs/api-reference.md "$$tmp/api-reference.md" || stale=1; \
 	if [[ $$stale == 1 ]]; then echo "generated files are stale: run 'make manifests generate' and commit the result" >&2; exit 1; fi
 
 .PHONY: test
