@@ -157,9 +157,10 @@ func (req *AppendRequest) validate() ([]byte, error) {
 }
 
 // Append adds a new version of a thing to this node's chain. It returns once
-// the durability policy holds for the entry. Encryption and key wrapping run
-// before the append lock; signing, hashing and the write run under it,
-// because each signature covers the hash of the line before it.
+// the durability policy holds for the entry. Encryption, key wrapping and
+// most of the encoding run before the append lock. Sequencing, signing,
+// hashing and the write run under it, in groups of queued appends, because
+// each signature covers the hash of the line before it.
 func (l *Ledger) Append(ctx context.Context, req AppendRequest) (EntryInfo, error) {
 	data, err := req.validate()
 	if err != nil {
@@ -173,6 +174,8 @@ func (l *Ledger) Append(ctx context.Context, req AppendRequest) (EntryInfo, erro
 	}
 	defer l.end()
 
+	// Seal the entry and build everything that does not depend on its place
+	// in the chain.
 	signer := req.Signer
 	if signer == nil {
 		signer = l.keys.signing
@@ -181,17 +184,26 @@ func (l *Ledger) Append(ctx context.Context, req AppendRequest) (EntryInfo, erro
 	if err != nil {
 		return EntryInfo{}, fmt.Errorf("append: %w", err)
 	}
+	p := newPendingAppend(e, signer)
 
-	end, info, err := l.writeOwn(e, signer)
-	if err != nil {
+	// A context cancelled while sealing stops the append before it is
+	// queued. A queued entry is written even if the context is cancelled.
+	if err := ctx.Err(); err != nil {
+		return EntryInfo{}, fmt.Errorf("append: %w", err)
+	}
+
+	// Queue the entry and wait until a group write holds it.
+	if err := l.commitOwn(p); err != nil {
 		return EntryInfo{}, fmt.Errorf("append to thing %q: %w", req.Thing, err)
 	}
+
+	// Under "batch", wait for an fsync that started after the write.
 	if l.opts.Durability == DurabilityBatch {
-		if err := l.waitSynced(end); err != nil {
+		if err := l.waitSynced(p.end); err != nil {
 			return EntryInfo{}, fmt.Errorf("append to thing %q: %w", req.Thing, err)
 		}
 	}
-	return info, nil
+	return p.info, nil
 }
 
 // sealEntry builds an unsigned entry without sequence, time and previous
@@ -224,54 +236,190 @@ func (l *Ledger) sealEntry(req AppendRequest, data []byte, actorKey ed25519.Publ
 	return e, nil
 }
 
-// writeOwn gives e the next sequence of this node's chain, signs it and
-// writes it. It returns the file offset just past the entry.
-func (l *Ledger) writeOwn(e *Entry, signer ed25519.PrivateKey) (int64, EntryInfo, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.failure(); err != nil {
-		return 0, EntryInfo{}, err
-	}
+// maxGroupBytes bounds the lines of one group write. A group takes at least
+// one entry, whatever its size. The bound keeps the group buffer and the
+// time the append lock is held for one group (readers wait for it) bounded
+// when many large entries are queued.
+const maxGroupBytes = 4 << 20
 
-	// Take the next sequence and a time that never goes back within the chain.
-	st := l.origins[e.Origin]
-	if st == nil {
-		st = &originState{}
-	}
-	e.Sequence, e.Prev = st.seq+1, st.hash
-	now := l.opts.Now().UTC().UnixNano()
-	if now <= st.time {
-		now = st.time + 1
-	}
-	e.Time = time.Unix(0, now).UTC()
+// pendingAppend is one sealed own entry in the commit queue. The committer
+// sets end, info and err before it sends on done.
+type pendingAppend struct {
+	entry  *Entry
+	signer ed25519.PrivateKey
+	// signed and line are built before the entry is queued, with zero
+	// sequence, time and previous hash, which the committer fills in.
+	signed   []byte
+	signedAt signedOffsets
+	line     lineTemplate
 
-	// Sign and encode; the entry hash is over the exact line.
-	e.Signature = ed25519.Sign(signer, e.signedBytes())
-	buf := e.appendLine(make([]byte, 0, 1024+len(e.Ciphertext)*4/3))
-	hash := lineHash(buf)
-	buf = append(buf, '\n')
+	end  int64 // file offset just past the entry's line
+	info EntryInfo
+	err  error
+	// done receives true when a committer has written the entry (or failed
+	// to), or false when this appender must commit the next group itself.
+	done chan bool
+}
 
-	// Write at the end of the file. A failed or short write leaves the file
-	// in an unknown state, so it is fatal like a failed fsync.
-	offset := l.size.Load()
-	if _, err := l.file.WriteAt(buf, offset); err != nil {
-		return 0, EntryInfo{}, l.fail(fmt.Errorf("write %s at offset %d: %w", ledgerFile, offset, err))
-	}
-	if err := l.index(e, hash, offset, len(buf)); err != nil {
-		// Broken invariant: the entry was built from this origin's head under mu.
-		panic(fmt.Sprintf("ledger: own entry does not continue its chain: %v", err))
-	}
-	end := offset + int64(len(buf))
-	l.size.Store(end)
+func newPendingAppend(e *Entry, signer ed25519.PrivateKey) *pendingAppend {
+	p := &pendingAppend{entry: e, signer: signer, done: make(chan bool, 1)}
+	p.signed, p.signedAt = e.appendSigned(nil)
+	p.line = newLineTemplate(e)
+	return p
+}
 
-	// Under "always" each entry gets its own fsync before the lock is released.
-	if l.opts.Durability == DurabilityAlways {
-		if err := l.fsync(); err != nil {
-			return 0, EntryInfo{}, l.fail(fmt.Errorf("fsync %s: %w", ledgerFile, err))
+// commitOwn queues p and returns once p's line is written (and fsynced
+// under "always"), or the group write failed. Appends commit in groups. The
+// appender that finds no committer running becomes the committer and writes
+// every queued entry with one write. Then it hands the role to the first
+// appender queued meanwhile, so each appender commits at most one group,
+// the one that contains its own entry.
+func (l *Ledger) commitOwn(p *pendingAppend) error {
+	// Join the queue, and take the committer role if no appender has it.
+	l.queueMu.Lock()
+	l.queue = append(l.queue, p)
+	lead := !l.committing
+	l.committing = true
+	l.queueMu.Unlock()
+
+	// Wait for a committer to write p, or to hand over the role. A handed
+	// over role finds p first in the queue, so p is in the next group.
+	if !lead {
+		if written := <-p.done; written {
+			return p.err
 		}
 	}
-	info := EntryInfo{Origin: e.Origin, Sequence: e.Sequence, Hash: hex.EncodeToString(hash[:]), Time: e.Time, KeyID: e.KeyID}
-	return end, info, nil
+
+	// Commit one group: every entry queued by the time the lock is taken,
+	// up to maxGroupBytes.
+	l.mu.Lock()
+	group := l.takeGroup()
+	l.writeGroup(group)
+	l.mu.Unlock()
+
+	// Hand the role to the next queued appender before waking this group,
+	// so the next group's signing starts at once.
+	l.queueMu.Lock()
+	var next *pendingAppend
+	if len(l.queue) > 0 {
+		next = l.queue[0]
+	} else {
+		l.committing = false
+	}
+	l.queueMu.Unlock()
+	if next != nil {
+		next.done <- false
+	}
+
+	// Hand every other appender of the group its result.
+	for _, q := range group {
+		if q != p {
+			q.done <- true
+		}
+	}
+	return p.err
+}
+
+// takeGroup removes the next group from the front of the queue.
+func (l *Ledger) takeGroup() []*pendingAppend {
+	l.queueMu.Lock()
+	defer l.queueMu.Unlock()
+	n, size := 0, 0
+	for n < len(l.queue) {
+		size += l.queue[n].line.maxLineLen() + 1
+		if n > 0 && size > maxGroupBytes {
+			break
+		}
+		n++
+	}
+	group := l.queue[:n:n]
+	l.queue = append([]*pendingAppend(nil), l.queue[n:]...)
+	return group
+}
+
+// writeGroup gives each entry of group the next sequence of this node's
+// chain in queue order, signs it and writes all their lines with one write.
+// It sets end and info of each, or the same err on all of them. The caller
+// holds mu.
+func (l *Ledger) writeGroup(group []*pendingAppend) {
+	failAll := func(err error) {
+		for _, q := range group {
+			q.err = err
+		}
+	}
+	if err := l.failure(); err != nil {
+		failAll(err)
+		return
+	}
+
+	// Start from the head of this node's chain.
+	var head originState
+	if st := l.origins[l.id.NodeID]; st != nil {
+		head = *st
+	}
+	size := 0
+	for _, q := range group {
+		size += q.line.maxLineLen() + 1
+	}
+	buf := make([]byte, 0, size)
+	hashes := make([][32]byte, len(group))
+	starts := make([]int, len(group)+1)
+
+	for i, q := range group {
+		e := q.entry
+
+		// Take the next sequence and a time that never goes back within the chain.
+		now := l.opts.Now().UTC().UnixNano()
+		if now <= head.time {
+			now = head.time + 1
+		}
+		e.Sequence, e.Prev, e.Time = head.seq+1, head.hash, time.Unix(0, now).UTC()
+
+		// Sign with the appender's key, node or client. The signature
+		// covers the previous hash, so the entries are signed in order.
+		setSigned(q.signed, q.signedAt, e.Sequence, now, e.Prev)
+		e.Signature = ed25519.Sign(q.signer, q.signed)
+
+		// Encode the line; the entry hash is over the exact line.
+		starts[i] = len(buf)
+		buf = q.line.appendLine(buf, e)
+		hashes[i] = lineHash(buf[starts[i]:])
+		buf = append(buf, '\n')
+		head.seq, head.hash, head.time = e.Sequence, hashes[i], now
+	}
+	starts[len(group)] = len(buf)
+
+	// Write the group at the end of the file with one write. A failed or
+	// short write leaves the file in an unknown state, so it is fatal like a
+	// failed fsync, and it fails every entry of the group.
+	offset := l.size.Load()
+	if _, err := l.file.WriteAt(buf, offset); err != nil {
+		failAll(l.fail(fmt.Errorf("write %s at offset %d: %w", ledgerFile, offset, err)))
+		return
+	}
+
+	// Index the entries, then publish the new file size.
+	for i, q := range group {
+		if err := l.index(q.entry, hashes[i], offset+int64(starts[i]), starts[i+1]-starts[i]); err != nil {
+			// Broken invariant: the group was built from this origin's head under mu.
+			panic(fmt.Sprintf("ledger: own entry does not continue its chain: %v", err))
+		}
+	}
+	l.size.Store(offset + int64(len(buf)))
+
+	// Under "always" the group gets one fsync before the lock is released
+	// and before any appender of the group returns.
+	if l.opts.Durability == DurabilityAlways {
+		if err := l.fsync(); err != nil {
+			failAll(l.fail(fmt.Errorf("fsync %s: %w", ledgerFile, err)))
+			return
+		}
+	}
+	for i, q := range group {
+		e := q.entry
+		q.end = offset + int64(starts[i+1])
+		q.info = EntryInfo{Origin: e.Origin, Sequence: e.Sequence, Hash: hex.EncodeToString(hashes[i][:]), Time: e.Time, KeyID: e.KeyID}
+	}
 }
 
 // waitSynced returns once an fsync that started after offset end was written

@@ -127,17 +127,27 @@
 //
 // # Durability and crashes
 //
-// Under DurabilityAlways each append is written and fsynced on its own.
-// Under DurabilityBatch (the default) appends write their line at once and
-// then wait for a shared fsync: the first waiter fsyncs everything written
-// so far and the others return when an fsync that started after their write
-// has finished (group commit). DurabilityNone returns after the write.
-// Signing is serial, because each signature covers the previous hash, but
-// encryption and key wrapping run before the append lock.
+// Appends are written in groups. Each append seals its entry and then
+// queues it. One appender at a time takes the append lock and the queue (up
+// to 4 MiB of lines), gives the entries their sequences and times in queue
+// order, signs them one after the other, and writes their lines with one
+// write. Signing is serial because each signature covers the previous hash,
+// but encryption and key wrapping run before the append lock, on the
+// appenders' goroutines.
 //
-// A failed write or fsync is fatal: the ledger returns ErrFailed for every
-// later write, because after a failed fsync the kernel may have dropped the
-// data and a retry could report it as durable. Reopen the ledger instead.
+// Under DurabilityAlways the group is fsynced under the append lock before
+// any of its appends returns. Under DurabilityBatch (the default) the
+// appends of a group return only after a shared fsync: the first waiter
+// fsyncs everything written so far and the others return when an fsync that
+// started after their write has finished. DurabilityNone returns after the
+// write. After a crash of the machine, lines written but not yet fsynced may
+// be lost. Under DurabilityAlways these are the lines of one group at most,
+// and none of its appends had returned.
+//
+// A failed write or fsync is fatal: every append of the group fails, and the
+// ledger returns ErrFailed for every later write, because after a failed
+// fsync the kernel may have dropped the data and a retry could report it as
+// durable. Reopen the ledger instead.
 //
 // On Open, a last line without a newline, or an unparsable last line, is a
 // torn write: Open cuts the file back to the last complete line, fsyncs,

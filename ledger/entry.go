@@ -82,54 +82,122 @@ func DecodeEntry(line []byte) (*Entry, error) {
 func lineHash(line []byte) [32]byte { return sha256.Sum256(line) }
 
 // appendLine appends the canonical JSON line of e (without newline) to b.
+// The parts that do not depend on sequence, time, previous hash and
+// signature come from appendLinePart, which newLineTemplate shares.
 func (e *Entry) appendLine(b []byte) []byte {
-	b = append(b, `{"v":`...)
-	b = strconv.AppendInt(b, int64(e.Version), 10)
-	b = append(b, `,"origin":"`...)
-	b = append(b, e.Origin...)
-	b = append(b, `","seq":`...)
+	b = e.appendLinePart(b, linePartHead)
 	b = strconv.AppendUint(b, e.Sequence, 10)
-	b = append(b, `,"thing":`...)
-	b = appendJSONString(b, e.Thing)
-	b = append(b, `,"time":"`...)
+	b = e.appendLinePart(b, linePartThing)
 	b = e.Time.UTC().AppendFormat(b, timeLayout)
-	b = append(b, `","actor":`...)
-	b = appendJSONString(b, e.Actor)
-	b = append(b, `,"kid":"`...)
-	b = append(b, e.KeyID...)
-	b = append(b, `","akey":"`...)
-	b = base64.StdEncoding.AppendEncode(b, e.ActorKey)
-	b = append(b, `","prev":"`...)
+	b = e.appendLinePart(b, linePartActor)
 	b = hex.AppendEncode(b, e.Prev[:])
-	b = append(b, `","nonce":"`...)
-	b = base64.StdEncoding.AppendEncode(b, e.Nonce)
-	b = append(b, `","ct":"`...)
-	b = base64.StdEncoding.AppendEncode(b, e.Ciphertext)
-	b = append(b, `","dh":"`...)
-	b = base64.StdEncoding.AppendEncode(b, e.DataHash)
-	b = append(b, `","wk":"`...)
-	b = base64.StdEncoding.AppendEncode(b, e.Wrap)
-	b = append(b, '"')
-	if len(e.Envelopes) > 0 {
-		b = append(b, `,"env":[`...)
-		for i, env := range e.Envelopes {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, `{"to":"`...)
-			b = append(b, env.To...)
-			b = append(b, `","ek":"`...)
-			b = base64.StdEncoding.AppendEncode(b, env.Sealed)
-			b = append(b, `","wk":"`...)
-			b = base64.StdEncoding.AppendEncode(b, env.Wrap)
-			b = append(b, `"}`...)
-		}
-		b = append(b, ']')
-	}
-	b = append(b, `,"sig":"`...)
+	b = e.appendLinePart(b, linePartBody)
 	b = base64.StdEncoding.AppendEncode(b, e.Signature)
-	b = append(b, `"}`...)
-	return b
+	return append(b, `"}`...)
+}
+
+// The fixed parts of an entry line, in line order. Each ends where the next
+// field that is set at commit starts: sequence, time, previous hash, signature.
+const (
+	linePartHead  = iota // from the opening brace to the sequence
+	linePartThing        // thing, up to the time
+	linePartActor        // actor, key id and actor key, up to the previous hash
+	linePartBody         // nonce, ciphertext, data hash, wrapped keys, up to the signature
+	lineParts
+)
+
+func (e *Entry) appendLinePart(b []byte, part int) []byte {
+	switch part {
+	case linePartHead:
+		b = append(b, `{"v":`...)
+		b = strconv.AppendInt(b, int64(e.Version), 10)
+		b = append(b, `,"origin":"`...)
+		b = append(b, e.Origin...)
+		return append(b, `","seq":`...)
+	case linePartThing:
+		b = append(b, `,"thing":`...)
+		b = appendJSONString(b, e.Thing)
+		return append(b, `,"time":"`...)
+	case linePartActor:
+		b = append(b, `","actor":`...)
+		b = appendJSONString(b, e.Actor)
+		b = append(b, `,"kid":"`...)
+		b = append(b, e.KeyID...)
+		b = append(b, `","akey":"`...)
+		b = base64.StdEncoding.AppendEncode(b, e.ActorKey)
+		return append(b, `","prev":"`...)
+	case linePartBody:
+		b = append(b, `","nonce":"`...)
+		b = base64.StdEncoding.AppendEncode(b, e.Nonce)
+		b = append(b, `","ct":"`...)
+		b = base64.StdEncoding.AppendEncode(b, e.Ciphertext)
+		b = append(b, `","dh":"`...)
+		b = base64.StdEncoding.AppendEncode(b, e.DataHash)
+		b = append(b, `","wk":"`...)
+		b = base64.StdEncoding.AppendEncode(b, e.Wrap)
+		b = append(b, '"')
+		if len(e.Envelopes) > 0 {
+			b = append(b, `,"env":[`...)
+			for i, env := range e.Envelopes {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = append(b, `{"to":"`...)
+				b = append(b, env.To...)
+				b = append(b, `","ek":"`...)
+				b = base64.StdEncoding.AppendEncode(b, env.Sealed)
+				b = append(b, `","wk":"`...)
+				b = base64.StdEncoding.AppendEncode(b, env.Wrap)
+				b = append(b, `"}`...)
+			}
+			b = append(b, ']')
+		}
+		return append(b, `,"sig":"`...)
+	}
+	// Broken invariant: part is one of the constants above.
+	panic(fmt.Sprintf("ledger: unknown line part %d", part))
+}
+
+// lineTemplate is an entry line built before the entry is sequenced: the
+// fixed parts, concatenated, and where each part ends.
+type lineTemplate struct {
+	fixed []byte
+	ends  [lineParts]int
+}
+
+// newLineTemplate builds the fixed parts of e's line.
+func newLineTemplate(e *Entry) lineTemplate {
+	var t lineTemplate
+	t.fixed = make([]byte, 0, 512+base64.StdEncoding.EncodedLen(len(e.Ciphertext))+len(e.Envelopes)*192)
+	for part := range lineParts {
+		t.fixed = e.appendLinePart(t.fixed, part)
+		t.ends[part] = len(t.fixed)
+	}
+	return t
+}
+
+// appendLine appends e's line to b, in the same order as Entry.appendLine,
+// with the fields set at commit taken from e. e must be the entry the
+// template was built from.
+func (t *lineTemplate) appendLine(b []byte, e *Entry) []byte {
+	b = append(b, t.fixed[:t.ends[linePartHead]]...)
+	b = strconv.AppendUint(b, e.Sequence, 10)
+	b = append(b, t.fixed[t.ends[linePartHead]:t.ends[linePartThing]]...)
+	b = e.Time.UTC().AppendFormat(b, timeLayout)
+	b = append(b, t.fixed[t.ends[linePartThing]:t.ends[linePartActor]]...)
+	b = hex.AppendEncode(b, e.Prev[:])
+	b = append(b, t.fixed[t.ends[linePartActor]:t.ends[linePartBody]]...)
+	b = base64.StdEncoding.AppendEncode(b, e.Signature)
+	return append(b, `"}`...)
+}
+
+// maxLineLen returns an upper bound of the length of a line built from t.
+func (t *lineTemplate) maxLineLen() int {
+	const (
+		seqDigits = 20 // a uint64 in decimal
+		sigBase64 = 88 // an Ed25519 signature in base64
+	)
+	return len(t.fixed) + seqDigits + len(timeLayout) + 64 + sigBase64 + 2
 }
 
 // signedBytes returns the bytes the entry signature covers: a domain string,
@@ -137,16 +205,37 @@ func (e *Entry) appendLine(b []byte) []byte {
 // 4-byte big-endian integer. JSON is never signed, so no re-serialisation can
 // change what a signature means.
 func (e *Entry) signedBytes() []byte {
-	b := make([]byte, 0, 256+len(e.Ciphertext)+len(e.Envelopes)*160)
+	b, _ := e.appendSigned(nil)
+	return b
+}
+
+// signedOffsets locates in the signed bytes the fields that are set at
+// commit, so a template built before can be completed in place.
+type signedOffsets struct {
+	sequence int // 8 bytes, big-endian
+	time     int // 8 bytes, big-endian unix nanoseconds
+	prev     int // 32 bytes
+}
+
+// appendSigned appends the signed bytes of e to b and returns where the
+// sequence, time and previous hash are in them.
+func (e *Entry) appendSigned(b []byte) ([]byte, signedOffsets) {
+	var at signedOffsets
+	if b == nil {
+		b = make([]byte, 0, 256+len(e.Ciphertext)+len(e.Envelopes)*160)
+	}
 	b = append(b, signedDomain...)
 	b = appendField(b, []byte{byte(e.Version)})
 	b = appendField(b, []byte(e.Origin))
+	at.sequence = len(b) + 4
 	b = appendField(b, binary.BigEndian.AppendUint64(nil, e.Sequence))
 	b = appendField(b, []byte(e.Thing))
+	at.time = len(b) + 4
 	b = appendField(b, binary.BigEndian.AppendUint64(nil, uint64(e.Time.UnixNano())))
 	b = appendField(b, []byte(e.Actor))
 	b = appendField(b, []byte(e.KeyID))
 	b = appendField(b, e.ActorKey)
+	at.prev = len(b) + 4
 	b = appendField(b, e.Prev[:])
 	b = appendField(b, e.Nonce)
 	b = appendField(b, e.Ciphertext)
@@ -158,7 +247,15 @@ func (e *Entry) signedBytes() []byte {
 		b = appendField(b, env.Sealed)
 		b = appendField(b, env.Wrap)
 	}
-	return b
+	return b, at
+}
+
+// setSigned writes sequence, time and previous hash into signed bytes that
+// appendSigned built, at the offsets it returned.
+func setSigned(b []byte, at signedOffsets, sequence uint64, unixNano int64, prev [32]byte) {
+	binary.BigEndian.PutUint64(b[at.sequence:], sequence)
+	binary.BigEndian.PutUint64(b[at.time:], uint64(unixNano))
+	copy(b[at.prev:], prev[:])
 }
 
 // additionalData returns the GCM additional data of the entry's ciphertext:

@@ -95,6 +95,12 @@ type Ledger struct {
 	things  map[string]*thingState
 	failed  atomic.Pointer[error]
 
+	// Commit queue of own entries, guarded by queueMu. committing is true
+	// while an appender has the committer role (see commitOwn).
+	queueMu    sync.Mutex
+	queue      []*pendingAppend
+	committing bool
+
 	// headsMu serialises writes of heads.json and guards remembered.
 	headsMu    sync.Mutex
 	remembered map[string]Head

@@ -9,7 +9,8 @@ import (
 type Durability string
 
 const (
-	// DurabilityAlways writes and fsyncs each entry on its own before Append returns.
+	// DurabilityAlways fsyncs each group write of queued appends before any
+	// append of the group returns, and before the next group is written.
 	DurabilityAlways Durability = "always"
 	// DurabilityBatch is group commit: concurrent appends share one fsync and
 	// each returns only after an fsync that covers its entry.
