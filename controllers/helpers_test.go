@@ -157,7 +157,8 @@ func buildNode(ctx context.Context) string {
 			nodeBuildErr = err
 			return
 		}
-		DeferCleanup(func() { _ = os.RemoveAll(dir) })
+		// Removed after the suite, not after the first spec that builds it,
+		// because every later spec reuses the binary.
 		nodeBinary = filepath.Join(dir, "thingdb")
 		build := exec.CommandContext(ctx, "go", "build", "-o", nodeBinary, "../cmd/thingdb")
 		build.Stdout, build.Stderr = GinkgoWriter, GinkgoWriter
@@ -166,6 +167,12 @@ func buildNode(ctx context.Context) string {
 	Expect(nodeBuildErr).NotTo(HaveOccurred(), "build cmd/thingdb")
 	return nodeBinary
 }
+
+var _ = AfterSuite(func() {
+	if nodeBinary != "" {
+		_ = os.RemoveAll(filepath.Dir(nodeBinary))
+	}
+})
 
 // startNodes runs one `thingdb serve` per pod of tn on loopback, configured
 // with the environment of the StatefulSet's container and the content of

@@ -171,7 +171,8 @@ var _ = Describe("ThingNode controller", func() {
 		})
 
 		It("should become Ready with every node's identity and then write nothing", func(ctx SpecContext) {
-			eventually(ctx, func() error { return k8sClient.Get(ctx, key(ns, tn.Name+"-tls"), &corev1.Secret{}) }).Should(Succeed())
+			// The StatefulSet is created after the TLS Secret, and startNodes reads both.
+			eventually(ctx, func() error { return k8sClient.Get(ctx, key(ns, tn.Name), &appsv1.StatefulSet{}) }).Should(Succeed())
 			startNodes(ctx, tn)
 			startPods(ctx, tn)
 

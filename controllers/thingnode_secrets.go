@@ -107,7 +107,8 @@ func (r *ThingNodeReconciler) reconcilePassphrase(ctx context.Context, tn *thing
 
 // reconcileTokens adopts or generates the Secret of each declared token,
 // deletes generated token Secrets of tokens no longer declared, and writes
-// the token records the nodes read into `<name>-token-hashes`.
+// the token records the nodes read, with those of the operator's own
+// tokens, into `<name>-token-hashes`.
 func (r *ThingNodeReconciler) reconcileTokens(ctx context.Context, tn *thingdbv1.ThingNode) error {
 	records := make(map[string][]byte, len(tn.Spec.Tokens))
 	for _, token := range tn.Spec.Tokens {
@@ -127,7 +128,14 @@ func (r *ThingNodeReconciler) reconcileTokens(ctx context.Context, tn *thingdbv1
 		return err
 	}
 
-	_, err := ensureChild(ctx, r, tn, child[*corev1.Secret]{
+	// The operator's export token for peers and read token for sync status.
+	operatorRecords, err := r.reconcileSyncTokens(ctx, tn)
+	if err != nil {
+		return err
+	}
+	maps.Copy(records, operatorRecords)
+
+	_, err = ensureChild(ctx, r, tn, child[*corev1.Secret]{
 		kind: "Secret",
 		desired: &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: tokenHashesSecretName(tn), Namespace: tn.Namespace, Labels: childLabels(tn)},

@@ -108,6 +108,11 @@ func (s *Syncer) Run(ctx context.Context) {
 		file := s.pins.File()
 		names := map[string]bool{}
 		for _, peer := range file.Peers {
+			if peer.NodeID == s.nodeID {
+				// One peer file serves every replica of a ThingNode, so
+				// it lists this node too.
+				continue
+			}
 			names[peer.Name] = true
 			if workers[peer.Name] != nil {
 				continue

@@ -88,3 +88,69 @@ const (
 	// EventReconcileFailed: a reconcile stopped on an error.
 	EventReconcileFailed = "ReconcileFailed"
 )
+
+// The condition types of a ThingSync. The ThingSync controller sets all of
+// them on every reconcile of an existing ThingSync.
+const (
+	// ConditionSynced is True when every pair of members has synced within
+	// three intervals and no pair lags behind.
+	ConditionSynced = "Synced"
+
+	// ConditionForkDetected is True while a member reports a fork with a
+	// peer or a peer whose identity does not match its pinned key.
+	ConditionForkDetected = "ForkDetected"
+)
+
+// The reasons of the ThingSync conditions. Ready uses the type of the
+// ThingNode condition (ConditionReady).
+const (
+	// ReasonPeersRendered (Ready=True): every member was found and the peer
+	// file of each lists every peer pod with its pinned keys.
+	ReasonPeersRendered = "PeersRendered"
+	// ReasonMembersNotFound (Ready=False): a ThingNode named in
+	// spec.members.names does not exist, or the selector matches none.
+	ReasonMembersNotFound = "MembersNotFound"
+	// ReasonIdentitiesPending (Ready=False): a member pod's identity is not
+	// yet in its ThingNode's status, so its peers cannot pin it yet.
+	ReasonIdentitiesPending = "IdentitiesPending"
+	// ReasonInvalidTopology (Ready=False): the topology names a ThingNode
+	// that is not a member, which CEL cannot check for a selector.
+	ReasonInvalidTopology = "InvalidTopology"
+	// ReasonRenderFailed (Ready=False): a peer file Secret could not be
+	// written, or a Secret it needs is missing.
+	ReasonRenderFailed = "RenderFailed"
+	// ReasonSuspended (Ready and Synced False): spec.suspend is true, so
+	// this ThingSync gives its members no peer.
+	ReasonSuspended = "Suspended"
+
+	// ReasonAllPairsSynced (Synced=True): every pair synced recently with
+	// zero lag.
+	ReasonAllPairsSynced = "AllPairsSynced"
+	// ReasonSyncPending (Synced=False): a pair has not synced yet, not
+	// recently, or still lags.
+	ReasonSyncPending = "SyncPending"
+	// ReasonSyncFailing (Synced=False): a pair's last attempt failed.
+	ReasonSyncFailing = "SyncFailing"
+	// ReasonStatusUnavailable (Synced=Unknown): a member pod did not return
+	// its sync status.
+	ReasonStatusUnavailable = "StatusUnavailable"
+
+	// ReasonNoFork (ForkDetected=False): no member reports a fork or a key
+	// mismatch.
+	ReasonNoFork = "NoFork"
+	// ReasonFork (ForkDetected=True): two members hold different entries
+	// for the same origin and sequence.
+	ReasonFork = "Fork"
+	// ReasonKeyMismatch (ForkDetected=True): a peer answered with a node id
+	// or key other than the one pinned in the peer file.
+	ReasonKeyMismatch = "KeyMismatch"
+)
+
+// The reasons of the Events the ThingSync controller records.
+const (
+	// EventPeersRendered: a member's peer file Secret was written.
+	EventPeersRendered = "PeersRendered"
+	// EventForkDetected: a member reported a fork or a key mismatch (a
+	// Warning).
+	EventForkDetected = "ForkDetected"
+)

@@ -1,5 +1,5 @@
-// Command manager runs the ThingDB operator: the ThingNode controller with
-// leader election, Prometheus metrics and health probes.
+// Command manager runs the ThingDB operator: the ThingNode and ThingSync
+// controllers with leader election, Prometheus metrics and health probes.
 //
 // It reads the cluster from the usual kubeconfig sources (--kubeconfig, the
 // KUBECONFIG variable, ~/.kube/config or the in-cluster service account).
@@ -150,6 +150,14 @@ func run(args []string) error {
 	}
 	if err := reconciler.SetupWithManager(mgr, opts.maxConcurrent); err != nil {
 		return fmt.Errorf("set up ThingNode controller: %w", err)
+	}
+	syncReconciler := &controllers.ThingSyncReconciler{
+		Client:   mgr.GetClient(),
+		Scheme:   mgr.GetScheme(),
+		Recorder: mgr.GetEventRecorder("thingsync-controller"),
+	}
+	if err := syncReconciler.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up ThingSync controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("add health check: %w", err)
