@@ -17,6 +17,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	thingdbv1 "github.com/thingdb/thingdb/api/v1alpha1"
+	"github.com/thingdb/thingdb/internal/peerfile"
 )
 
 // Defaults of a ThingSync built without API defaults, equal to the CRD's.
@@ -52,24 +53,6 @@ type namespacePlan struct {
 	// pending lists the ThingNodes whose peer files lack a pod, because its
 	// identity, CA or token is not known yet, with the reason.
 	pending map[string][]string
-}
-
-// peerFileJSON is the peer file a node reads; its fields are documented in
-// docs/architecture.md under "Peer file".
-type peerFileJSON struct {
-	Interval  string     `json:"interval"`
-	BatchSize int32      `json:"batchSize"`
-	Peers     []peerJSON `json:"peers"`
-}
-
-type peerJSON struct {
-	Name         string `json:"name"`
-	URL          string `json:"url"`
-	NodeID       string `json:"nodeID"`
-	SigningKey   string `json:"signingKey"`
-	RecipientKey string `json:"recipientKey,omitempty"`
-	CAFile       string `json:"caFile"`
-	TokenFile    string `json:"tokenFile"`
 }
 
 // syncInterval returns spec.interval, or the default when it is unset.
@@ -263,10 +246,10 @@ func (r *ThingSyncReconciler) desiredPeerData(ctx context.Context, plan *namespa
 	}
 	slices.Sort(sources)
 
-	file := peerFileJSON{Interval: defaultSyncInterval.String(), BatchSize: defaultSyncBatchSize, Peers: []peerJSON{}}
+	file := peerfile.File{Interval: defaultSyncInterval.String(), BatchSize: defaultSyncBatchSize, Peers: []peerfile.Peer{}}
 	if d, ok := plan.interval[n]; ok {
 		file.Interval = d.String()
-		file.BatchSize = plan.batchSize[n]
+		file.BatchSize = int(plan.batchSize[n])
 	}
 	data := map[string][]byte{}
 
@@ -296,7 +279,7 @@ func (r *ThingSyncReconciler) desiredPeerData(ctx context.Context, plan *namespa
 			}
 			// A node skips the entry with its own node id, so one file
 			// serves every pod of n, its own replicas included.
-			file.Peers = append(file.Peers, peerJSON{
+			file.Peers = append(file.Peers, peerfile.Peer{
 				Name:         pod,
 				URL:          DefaultPodURL(peer, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod, Namespace: peer.Namespace}}),
 				NodeID:       identity.NodeID,

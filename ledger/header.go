@@ -17,6 +17,8 @@ import (
 	"sort"
 
 	"golang.org/x/crypto/argon2"
+
+	"github.com/thingdb/thingdb/internal/atomicfile"
 )
 
 // File names inside a ledger directory.
@@ -169,56 +171,12 @@ func readHeader(dir string) (*header, error) {
 	return h, nil
 }
 
-// writeFileAtomic replaces dir/name: it writes a temporary file, fsyncs it,
-// renames it over the old file and fsyncs the directory, so a crash leaves
-// either the old or the new content.
-func writeFileAtomic(dir, name string, data []byte) error {
-	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create temporary file for %s: %w", name, err)
-	}
-	cleanup := func() { tmp.Close(); os.Remove(tmp.Name()) }
-
-	// Write and fsync the new content before it becomes visible.
-	if _, err := tmp.Write(data); err != nil {
-		cleanup()
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		cleanup()
-		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("close %s: %w", tmp.Name(), err)
-	}
-
-	// Rename over the old file, then fsync the directory so the rename lasts.
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("rename %s to %s: %w", tmp.Name(), name, err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync directory %s: %w", dir, err)
-	}
-	return nil
-}
-
 func writeHeader(dir string, h *header) error {
 	raw, err := json.MarshalIndent(h, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode header: %w", err)
 	}
-	return writeFileAtomic(dir, headerFile, append(raw, '\n'))
+	return atomicfile.Write(filepath.Join(dir, headerFile), append(raw, '\n'), 0o600)
 }
 
 // ChangePassphrase replaces the key slot that oldPassphrase opens with one for
@@ -295,5 +253,5 @@ func writeHeads(dir string, master []byte, heads []Head) error {
 	if err != nil {
 		return fmt.Errorf("encode remembered heads: %w", err)
 	}
-	return writeFileAtomic(dir, headsFile, append(raw, '\n'))
+	return atomicfile.Write(filepath.Join(dir, headsFile), append(raw, '\n'), 0o600)
 }

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thingdb/thingdb/internal/atomicfile"
 	"github.com/thingdb/thingdb/internal/pki"
 	"github.com/thingdb/thingdb/ledger"
 )
@@ -163,7 +164,7 @@ func writeBenchPeers(t *testing.T, s *benchServer, interval time.Duration, batch
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeFileAtomic(filepath.Join(s.dir, "peers.json"), data, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(s.dir, "peers.json"), data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.pins.Reload(); err != nil {

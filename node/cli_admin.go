@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thingdb/thingdb/internal/atomicfile"
 	"github.com/thingdb/thingdb/internal/pki"
 	"github.com/thingdb/thingdb/ledger"
 )
@@ -43,10 +44,10 @@ func (c *CLI) runTLSCA(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(*out, 0o700); err != nil {
 		return fmt.Errorf("create directory %s: %w", *out, err)
 	}
-	if err := writeFileAtomic(filepath.Join(*out, caKeyFile), ca.KeyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(*out, caKeyFile), ca.KeyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(*out, caCertFile), ca.CertPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(*out, caCertFile), ca.CertPEM, 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.Stdout, "created CA %q in %s, valid until %s\n", *name, *out, ca.Cert.NotAfter.Format(time.DateOnly))
@@ -98,13 +99,13 @@ func (c *CLI) runTLSIssue(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(*out, 0o700); err != nil {
 		return fmt.Errorf("create directory %s: %w", *out, err)
 	}
-	if err := writeFileAtomic(filepath.Join(*out, tlsKeyFile), leaf.KeyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(*out, tlsKeyFile), leaf.KeyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(*out, tlsCertFile), leaf.CertPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(*out, tlsCertFile), leaf.CertPEM, 0o644); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(*out, tlsCAFile), certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(*out, tlsCAFile), certPEM, 0o644); err != nil {
 		return err
 	}
 	kind := "server"
@@ -201,7 +202,7 @@ func (c *CLI) runPeersAdd(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(baseDir, 0o700); err != nil {
 		return fmt.Errorf("create directory %s: %w", baseDir, err)
 	}
-	if err := writeFileAtomic(*peersFile, out, 0o600); err != nil {
+	if err := atomicfile.Write(*peersFile, out, 0o600); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.Stdout, "pinned peer %q (node %s) in %s\n", peer.Name, peer.NodeID, *peersFile)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/thingdb/thingdb/internal/atomicfile"
 	"github.com/thingdb/thingdb/ledger"
 )
 
@@ -483,7 +484,7 @@ func (c *CLI) runExport(ctx context.Context, args []string) error {
 		_, err = c.Stdout.Write(data)
 		return err
 	}
-	return writeFileAtomic(*outFile, data, 0o600)
+	return atomicfile.Write(*outFile, data, 0o600)
 }
 
 func (c *CLI) runImport(ctx context.Context, args []string) error {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/thingdb/thingdb/internal/atomicfile"
 	"github.com/thingdb/thingdb/ledger"
 )
 
@@ -55,7 +56,7 @@ func RunDemo(ctx context.Context, dir string, out io.Writer) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create demo directory %s: %w", dir, err)
 	}
-	if err := writeFileAtomic(passphraseFile, append(passphrase, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(passphraseFile, append(passphrase, '\n'), 0o600); err != nil {
 		return err
 	}
 

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thingdb/thingdb/internal/atomicfile"
 	"github.com/thingdb/thingdb/internal/pki"
 	"github.com/thingdb/thingdb/ledger"
 )
@@ -59,7 +60,7 @@ func writeServerCert(t testing.TB, ca *pki.KeyPair, dir string) {
 		t.Fatalf("issue server certificate: %v", err)
 	}
 	for name, data := range map[string][]byte{tlsKeyFile: leaf.KeyPEM, tlsCertFile: leaf.CertPEM, tlsCAFile: ca.CertPEM} {
-		if err := writeFileAtomic(filepath.Join(dir, name), data, 0o600); err != nil {
+		if err := atomicfile.Write(filepath.Join(dir, name), data, 0o600); err != nil {
 			t.Fatalf("write %s: %v", name, err)
 		}
 	}
@@ -208,7 +209,7 @@ func (n *testNode) pin(t testing.TB, name string, id ledger.Identity) {
 	if err != nil {
 		t.Fatalf("encode peer file: %v", err)
 	}
-	if err := writeFileAtomic(n.peers, data, 0o600); err != nil {
+	if err := atomicfile.Write(n.peers, data, 0o600); err != nil {
 		t.Fatalf("write peer file: %v", err)
 	}
 	if _, err := n.pins.Reload(); err != nil {

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/thingdb/thingdb/internal/peerfile"
 	"github.com/thingdb/thingdb/ledger"
 )
 
@@ -48,29 +49,12 @@ type Peer struct {
 	TokenFile    string
 }
 
-type peerFileJSON struct {
-	Interval    string     `json:"interval,omitempty"`
-	BatchSize   int        `json:"batchSize,omitempty"`
-	SealToPeers bool       `json:"sealToPeers,omitempty"`
-	Peers       []peerJSON `json:"peers"`
-}
-
-type peerJSON struct {
-	Name         string `json:"name"`
-	URL          string `json:"url"`
-	NodeID       string `json:"nodeID"`
-	SigningKey   string `json:"signingKey"`
-	RecipientKey string `json:"recipientKey,omitempty"`
-	CAFile       string `json:"caFile,omitempty"`
-	TokenFile    string `json:"tokenFile,omitempty"`
-}
-
 // ParsePeerFile parses and checks a peer file. baseDir resolves the relative
 // caFile and tokenFile paths. Each peer's node id must be the one derived
 // from its signing key, so a peer file cannot pin a key under another
 // node's id.
 func ParsePeerFile(data []byte, baseDir string) (*PeerFile, error) {
-	var raw peerFileJSON
+	var raw peerfile.File
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&raw); err != nil {
@@ -112,7 +96,7 @@ func ParsePeerFile(data []byte, baseDir string) (*PeerFile, error) {
 	return pf, nil
 }
 
-func parsePeer(p peerJSON, baseDir string) (Peer, error) {
+func parsePeer(p peerfile.Peer, baseDir string) (Peer, error) {
 	if p.Name == "" {
 		return Peer{}, errors.New("name is empty")
 	}
@@ -155,12 +139,12 @@ func resolvePath(baseDir, path string) string {
 // MarshalPeerFile encodes pf in the peer file format, with caFile and
 // tokenFile as given.
 func MarshalPeerFile(pf *PeerFile) ([]byte, error) {
-	raw := peerFileJSON{BatchSize: pf.BatchSize, SealToPeers: pf.SealToPeers, Peers: []peerJSON{}}
+	raw := peerfile.File{BatchSize: pf.BatchSize, SealToPeers: pf.SealToPeers, Peers: []peerfile.Peer{}}
 	if pf.Interval > 0 {
 		raw.Interval = pf.Interval.String()
 	}
 	for _, p := range pf.Peers {
-		pj := peerJSON{
+		pj := peerfile.Peer{
 			Name:       p.Name,
 			URL:        p.URL,
 			NodeID:     p.NodeID,

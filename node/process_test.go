@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thingdb/thingdb/internal/atomicfile"
+	"github.com/thingdb/thingdb/internal/peerfile"
 	"github.com/thingdb/thingdb/internal/pki"
 	"github.com/thingdb/thingdb/ledger"
 )
@@ -115,7 +117,7 @@ func newProcNode(t *testing.T, thingNode string) *procNode {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			t.Fatal(err)
 		}
-		if err := writeFileAtomic(path, data, 0o600); err != nil {
+		if err := atomicfile.Write(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -258,29 +260,29 @@ func (n *procNode) client(t testing.TB) *Client {
 // peerEntry is how the operator renders a peer into a member's peer file:
 // the pod DNS URL, the keys the peer reported, and the peer's CA and an
 // export token as files beside peers.json.
-func (n *procNode) peerEntry(t *testing.T, owner *procNode) peerJSON {
+func (n *procNode) peerEntry(t *testing.T, owner *procNode) peerfile.Peer {
 	t.Helper()
 	caFile, tokenFile := n.name+".ca.crt", n.name+".token"
-	if err := writeFileAtomic(filepath.Join(owner.dir, "peers", caFile), n.ca.CertPEM, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(owner.dir, "peers", caFile), n.ca.CertPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeFileAtomic(filepath.Join(owner.dir, "peers", tokenFile), []byte(n.syncToken), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(owner.dir, "peers", tokenFile), []byte(n.syncToken), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return peerJSON{
+	return peerfile.Peer{
 		Name: n.name, URL: fmt.Sprintf("https://%s:%d", n.host, podPort), NodeID: n.id.NodeID,
 		SigningKey: n.id.SigningKey, RecipientKey: n.id.RecipientKey, CAFile: caFile, TokenFile: tokenFile,
 	}
 }
 
 // writePeers replaces the node's peer file, as a Secret update does.
-func (n *procNode) writePeers(t *testing.T, peers ...peerJSON) {
+func (n *procNode) writePeers(t *testing.T, peers ...peerfile.Peer) {
 	t.Helper()
-	data, err := json.MarshalIndent(peerFileJSON{Interval: "200ms", BatchSize: 50, Peers: append([]peerJSON{}, peers...)}, "", "  ")
+	data, err := json.MarshalIndent(peerfile.File{Interval: "200ms", BatchSize: 50, Peers: append([]peerfile.Peer{}, peers...)}, "", "  ")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeFileAtomic(n.peersFile(), data, 0o600); err != nil {
+	if err := atomicfile.Write(n.peersFile(), data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/thingdb/thingdb/internal/atomicfile"
 	"github.com/thingdb/thingdb/ledger"
 )
 
@@ -242,7 +243,7 @@ func Serve(ctx context.Context, cfg ServeConfig, logger *slog.Logger) (err error
 	go func() { served <- httpServer.Serve(listener) }()
 	addr := listener.Addr().String()
 	if cfg.AddressFile != "" {
-		if err := writeFileAtomic(cfg.AddressFile, []byte(addr+"\n"), 0o644); err != nil {
+		if err := atomicfile.Write(cfg.AddressFile, []byte(addr+"\n"), 0o644); err != nil {
 			_ = httpServer.Close()
 			return fmt.Errorf("write address file: %w", err)
 		}

@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/thingdb/thingdb/internal/atomicfile"
 )
 
 // Scope is a permission a token grants.
@@ -275,7 +277,7 @@ func AddToken(dir, name string, scopes []Scope) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("create token directory %s: %w", dir, err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, name+".json"), append(data, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, name+".json"), append(data, '\n'), 0o600); err != nil {
 		return "", err
 	}
 	return token, nil
@@ -308,53 +310,6 @@ func RevokeToken(dir, name string) error {
 	}
 	if removed == 0 {
 		return fmt.Errorf("token %q not found in %s: `thingdb token list` shows the names", name, dir)
-	}
-	return nil
-}
-
-// writeFileAtomic writes data to a temporary file next to path, fsyncs it,
-// renames it over path and fsyncs the directory.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create temporary file in %s: %w", dir, err)
-	}
-	cleanup := func() { _ = os.Remove(tmp.Name()) }
-
-	// Write and fsync the content before the rename makes it visible.
-	if err := tmp.Chmod(perm); err != nil {
-		_ = tmp.Close()
-		cleanup()
-		return fmt.Errorf("set mode of %s: %w", tmp.Name(), err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		cleanup()
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		cleanup()
-		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		cleanup()
-		return fmt.Errorf("close %s: %w", tmp.Name(), err)
-	}
-
-	// Rename over the target, then fsync the directory so the rename lasts.
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		cleanup()
-		return fmt.Errorf("rename %s to %s: %w", tmp.Name(), path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync directory %s: %w", dir, err)
 	}
 	return nil
 }
