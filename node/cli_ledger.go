@@ -280,13 +280,30 @@ func (c *CLI) runGet(ctx context.Context, args []string) error {
 			return err
 		}
 	} else {
-		history, err := t.localHistory(thing)
-		if err != nil {
+		if v, err = t.localGet(thing); err != nil {
 			return err
 		}
-		v = history[len(history)-1]
 	}
 	return c.emit(*format, v, func(w io.Writer) { printVersion(w, v) })
+}
+
+// localGet reads the latest version of thing from the local ledger through
+// its index, the same way the server does.
+func (t target) localGet(thing string) (VersionJSON, error) {
+	l, err := t.open(false)
+	if err != nil {
+		return VersionJSON{}, err
+	}
+	defer l.Close()
+
+	v, err := latestVersion(l, thing)
+	if errors.Is(err, ledger.ErrThingNotFound) {
+		return VersionJSON{}, fmt.Errorf("thing %q not found in %s", thing, *t.dataDir)
+	}
+	if err != nil {
+		return VersionJSON{}, fmt.Errorf("read thing %q: %w", thing, err)
+	}
+	return versionJSON(v), nil
 }
 
 func (c *CLI) runHistory(ctx context.Context, args []string) error {

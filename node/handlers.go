@@ -191,21 +191,23 @@ func versionJSON(v ledger.Version) VersionJSON {
 
 func (s *Server) handleGetThing(w http.ResponseWriter, r *http.Request) {
 	thing := r.PathValue("id")
-	v, err := s.ledger.Get(thing)
-	if errors.Is(err, ledger.ErrNotReadable) {
-		// The latest version exists but this node holds no key for it:
-		// return its provenance without data rather than a bare error.
-		history, herr := s.ledger.History(thing)
-		if herr == nil && len(history) > 0 {
-			writeJSON(w, http.StatusOK, versionJSON(history[len(history)-1]))
-			return
-		}
-	}
+	v, err := latestVersion(s.ledger, thing)
 	if err != nil {
 		s.writeLedgerError(w, r, "get thing", err)
 		return
 	}
 	writeJSON(w, http.StatusOK, versionJSON(v))
+}
+
+// latestVersion returns the latest version of thing. When this node holds no
+// key for it, the version comes back with its provenance and no data rather
+// than as an error.
+func latestVersion(l *ledger.Ledger, thing string) (ledger.Version, error) {
+	v, err := l.Get(thing)
+	if errors.Is(err, ledger.ErrNotReadable) {
+		return v, nil
+	}
+	return v, err
 }
 
 // HistoryResponse is the body of GET /v1/things/{id}/history, oldest first.
