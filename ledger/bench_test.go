@@ -193,7 +193,7 @@ func readLedger(b *testing.B) *Ledger {
 			return
 		}
 		// NOTE: nothing removes this directory, because no read benchmark
-		// knows it is the last. hack/bench.sh removes its whole work directory.
+		// can tell it is the last. hack/bench.sh removes its whole work directory.
 		readBenchLedger, readBenchErr = buildLedger(filepath.Join(dir, "ledger"), readBenchEntries, readBenchThings, testKDF)
 	})
 	if readBenchErr != nil {

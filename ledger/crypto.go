@@ -92,10 +92,11 @@ func unwrapContentKey(secret []byte, info, origin string, entryNonce, wrapped []
 }
 
 // dataHash is HMAC-SHA256 of the plaintext under a key derived from the
-// content key. Without the content key nobody can confirm a guessed
-// plaintext, and because the key is derived from the content key, a reader
-// who unwrapped a different content key cannot match the same hash with
-// another plaintext (AES-GCM alone does not commit to its key).
+// content key. Without the content key a guessed plaintext cannot be
+// confirmed. Because the HMAC key comes from the content key, a reader who
+// unwrapped a different content key cannot match the same hash with another
+// plaintext, which AES-GCM alone does not prevent (it does not commit to its
+// key).
 func dataHash(cek, data []byte) []byte {
 	m := hmac.New(sha256.New, deriveKey(cek, infoDataHash))
 	m.Write(data)

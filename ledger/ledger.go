@@ -26,7 +26,7 @@ type Identity struct {
 	RecipientKey []byte // X25519 public key for envelope mode
 }
 
-// TailRepair tells where Open cut a torn last line and how many bytes it cut.
+// TailRepair records where Open cut a torn last line and how many bytes it cut.
 type TailRepair struct {
 	Offset int64
 	Bytes  int64

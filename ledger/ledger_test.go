@@ -177,9 +177,9 @@ func TestChangePassphrase(t *testing.T) {
 func TestAppend_Durability(t *testing.T) {
 	tests := map[string]struct {
 		durability Durability
-		// wantShared says concurrent appends must share fsyncs.
+		// wantShared requires concurrent appends to share fsyncs.
 		wantShared bool
-		// wantSyncs says whether Append waits for any fsync at all.
+		// wantSyncs is whether Append waits for any fsync at all.
 		wantSyncs bool
 	}{
 		// Under "always" a group write of queued appends gets one fsync.

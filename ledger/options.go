@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Durability says when Append returns relative to fsync.
+// Durability sets when Append returns relative to fsync.
 type Durability string
 
 const (

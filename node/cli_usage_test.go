@@ -67,7 +67,7 @@ func TestClient_PlainHTTPToTLSPort(t *testing.T) {
 	server := httptest.NewTLSServer(http.NotFoundHandler())
 	t.Cleanup(server.Close)
 
-	// The same host and port with http://: Go's TLS server answers 400 with
+	// The same host and port with http://: Go's TLS server returns 400 with
 	// a plain-text body, which the error must carry.
 	plainURL := "http://" + strings.TrimPrefix(server.URL, "https://")
 	client, err := NewClient(plainURL, "", nil)

@@ -150,7 +150,7 @@ func (n *procNode) resolveEntry() string {
 	return fmt.Sprintf("%s:%d=127.0.0.1:%d", n.host, podPort, n.port)
 }
 
-// start runs `thingdb serve` and waits until it answers GET /v1/identity.
+// start runs `thingdb serve` and waits until it responds to GET /v1/identity.
 func (n *procNode) start(t *testing.T) {
 	t.Helper()
 	addressFile := filepath.Join(n.dir, "address")

@@ -19,7 +19,7 @@ const (
 	// SyncReasonTLS: the TLS handshake failed, for example a certificate
 	// that the peer's CA file does not sign or that lacks the host name.
 	SyncReasonTLS = "tls"
-	// SyncReasonUnauthorized: the peer answered 401 or 403 to the token of
+	// SyncReasonUnauthorized: the peer returned 401 or 403 to the token of
 	// the peer file.
 	SyncReasonUnauthorized = "unauthorized"
 	// SyncReasonKeyMismatch: the peer's identity, heads or batch are not
@@ -37,7 +37,7 @@ const (
 	// beyond its head, so this ledger was rolled back or another process
 	// writes with this node's key.
 	SyncReasonRollback = "rollback"
-	// SyncReasonPeerError: the peer answered with another error status or a
+	// SyncReasonPeerError: the peer returned another error status or a
 	// body that does not decode.
 	SyncReasonPeerError = "peer_error"
 	// SyncReasonConfig: the peer's CA or token file does not load.

@@ -141,7 +141,7 @@ const (
 	// ReasonFork (ForkDetected=True): two members hold different entries
 	// for the same origin and sequence.
 	ReasonFork = "Fork"
-	// ReasonKeyMismatch (ForkDetected=True): a peer answered with a node id
+	// ReasonKeyMismatch (ForkDetected=True): a peer returned a node id
 	// or key other than the one pinned in the peer file.
 	ReasonKeyMismatch = "KeyMismatch"
 )

@@ -15,7 +15,7 @@ import (
 // repoRoot is the repository root, relative to this package's directory.
 const repoRoot = "../.."
 
-// requireDocker skips the test when -short is set or no Docker engine answers.
+// requireDocker skips the test when -short is set or no Docker engine responds.
 func requireDocker(t *testing.T) {
 	t.Helper()
 
