@@ -64,6 +64,11 @@ test: verify-generated vet ## Run every test (unit, node, envtest) with the race
 	KUBEBUILDER_ASSETS="$$(ENVTEST_K8S_VERSION=$(ENVTEST_K8S_VERSION) hack/setup-envtest.sh)" \
 		$(GO) test -race -count=1 -timeout 45m ./...
 
+.PHONY: test-e2e
+test-e2e: docker-build ## Run the end-to-end scenario on a one-node cluster of real binaries started on this host (root; builds everything offline).
+	E2E_BIN_DIR="$$(ENVTEST_K8S_VERSION=$(ENVTEST_K8S_VERSION) hack/e2e-assets.sh)" THINGDB_E2E=1 E2E_IMAGE=$(IMG) \
+		$(GO) test -count=1 -timeout 60m ./test/e2e/ -v -args -ginkgo.label-filter=e2e -ginkgo.v
+
 .PHONY: bench-operator
 bench-operator: ## Create 200 ThingNodes at once on envtest and print time to converge and writes per ThingNode.
 	KUBEBUILDER_ASSETS="$$(ENVTEST_K8S_VERSION=$(ENVTEST_K8S_VERSION) hack/setup-envtest.sh)" THINGDB_BENCH_OPERATOR=1 \

@@ -59,29 +59,7 @@ if [[ ! -x "$assets_dir/etcd" ]]; then
 fi
 
 if [[ ! -x "$assets_dir/kube-apiserver" ]]; then
-  log "building kube-apiserver v${k8s_version} from the module proxy (about 7 minutes on 2 cores)"
-  mkdir -p "$work/apiserver"
-  (
-    cd "$work/apiserver"
-    go mod init envtest.local/apiserver >/dev/null 2>&1
-    # k8s.io/kubernetes points its staging modules at ./staging; point each
-    # one at the published module of the matching release instead.
-    kube_gomod="$(go mod download -json "k8s.io/kubernetes@v${k8s_version}" |
-      sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
-    staging_version="v0.${k8s_version#1.}"
-    replaces=()
-    while read -r module; do
-      replaces+=("-replace=${module}=${module}@${staging_version}")
-    done < <(sed -n 's#^[[:space:]]*\(k8s.io/[^[:space:]]*\) => ./staging/.*#\1#p' "$kube_gomod")
-    if [[ ${#replaces[@]} -eq 0 ]]; then
-      log "found no staging replacements in $kube_gomod; cannot build kube-apiserver"
-      exit 1
-    fi
-    go mod edit "${replaces[@]}"
-    go get "k8s.io/kubernetes@v${k8s_version}" >&2
-    go build -trimpath -o "$work/kube-apiserver.bin" k8s.io/kubernetes/cmd/kube-apiserver >&2
-  )
-  mv "$work/kube-apiserver.bin" "$assets_dir/kube-apiserver"
+  "$(dirname "${BASH_SOURCE[0]}")/lib/build-kubernetes.sh" "$k8s_version" "$assets_dir" kube-apiserver
 fi
 
 log "binaries cached in $assets_dir"

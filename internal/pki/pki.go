@@ -47,9 +47,12 @@ type CARequest struct {
 
 // IssueRequest describes a leaf certificate to sign with a CA.
 type IssueRequest struct {
-	CommonName  string
-	DNSNames    []string
-	IPAddresses []net.IP
+	CommonName string
+	// Organization fills the subject's O field, which Kubernetes reads as
+	// the groups of a client certificate.
+	Organization []string
+	DNSNames     []string
+	IPAddresses  []net.IP
 	// Server and Client select the extended key usages; at least one is set.
 	Server, Client bool
 	Validity       time.Duration
@@ -137,7 +140,7 @@ func Issue(ca *KeyPair, req IssueRequest) (*KeyPair, error) {
 	}
 	template := &x509.Certificate{
 		SerialNumber:   serial,
-		Subject:        pkix.Name{CommonName: req.CommonName},
+		Subject:        pkix.Name{CommonName: req.CommonName, Organization: req.Organization},
 		DNSNames:       req.DNSNames,
 		IPAddresses:    req.IPAddresses,
 		NotBefore:      now.Add(-backdate),
