@@ -14,17 +14,6 @@ import (
 	"github.com/thingdb/thingdb/ledger"
 )
 
-type tokenContextKey struct{}
-
-func contextWithToken(ctx context.Context, record TokenRecord) context.Context {
-	return context.WithValue(ctx, tokenContextKey{}, record)
-}
-
-func tokenFromContext(ctx context.Context) (TokenRecord, bool) {
-	record, ok := ctx.Value(tokenContextKey{}).(TokenRecord)
-	return record, ok
-}
-
 // IdentityResponse is the body of GET /v1/identity. Keys are base64.
 type IdentityResponse struct {
 	NodeID       string `json:"nodeID"`
@@ -70,7 +59,7 @@ func entryInfoJSON(info ledger.EntryInfo) EntryInfoJSON {
 	return EntryInfoJSON{Origin: info.Origin, Sequence: info.Sequence, Hash: info.Hash, Time: info.Time, KeyID: info.KeyID}
 }
 
-func (s *Server) handlePutThing(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handlePutThing(w http.ResponseWriter, r *http.Request, token TokenRecord) {
 	thing := r.PathValue("id")
 	if err := checkThingID(thing); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_thing", err.Error())
@@ -84,10 +73,7 @@ func (s *Server) handlePutThing(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "malformed", "field \"data\" is missing: send {\"data\": <any JSON value>}")
 		return
 	}
-	if !json.Valid(req.Data) {
-		writeError(w, http.StatusBadRequest, "malformed", "field \"data\" is not valid JSON")
-		return
-	}
+	// readBody's decoder has checked that req.Data is valid JSON.
 	if len(req.Data) > ledger.MaxDataSize {
 		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("data has %d bytes, the limit of one entry is %d", len(req.Data), ledger.MaxDataSize))
 		return
@@ -101,11 +87,9 @@ func (s *Server) handlePutThing(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "unknown_recipient", err.Error())
 		return
 	}
-	record, _ := tokenFromContext(r.Context())
-
 	info, err := s.ledger.Append(r.Context(), ledger.AppendRequest{
 		Thing:      thing,
-		Actor:      record.Name,
+		Actor:      token.Name,
 		Data:       req.Data,
 		Recipients: recipients,
 	})
