@@ -120,6 +120,7 @@ func (c *Config) setDefaults() error {
 type Cluster struct {
 	cfg        Config
 	pkiDir     string
+	lock       *os.File
 	procs      []*process
 	sysctls    map[string]string
 	socket     string
@@ -138,6 +139,24 @@ func (c *Cluster) ContainerdSocket() string { return c.socket }
 
 // NodeName is the name of the cluster's one Node.
 func (c *Cluster) NodeName() string { return c.cfg.NodeName }
+
+// lockPath is the lock that keeps a second cluster off the host: two would
+// share the bridge, the pod and Service ranges and the iptables chains.
+const lockPath = "/run/thingdb-e2e.lock"
+
+// lockHost takes the host's cluster lock, which the kernel releases when
+// the process ends.
+func lockHost() (*os.File, error) {
+	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("localcluster: open lock %s: %w", lockPath, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("localcluster: another end-to-end cluster runs on this host (lock %s is held): wait until it stops", lockPath)
+	}
+	return f, nil
+}
 
 // kernelSettings are the sysctls the kubelet and kube-proxy may change;
 // Start records them and Stop writes them back.
@@ -163,7 +182,11 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			return nil, fmt.Errorf("localcluster: CNI plugin %s is not in %s; install Debian's containernetworking-plugins", plugin, cfg.CNIBinDir)
 		}
 	}
-	c := &Cluster{cfg: cfg, pkiDir: filepath.Join(cfg.WorkDir, "pki"), sysctls: map[string]string{}}
+	lock, err := lockHost()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{cfg: cfg, pkiDir: filepath.Join(cfg.WorkDir, "pki"), sysctls: map[string]string{}, lock: lock}
 	for _, name := range kernelSettings {
 		if value, err := os.ReadFile(filepath.Join("/proc/sys", name)); err == nil {
 			c.sysctls[name] = strings.TrimSpace(string(value))
@@ -473,6 +496,9 @@ func (c *Cluster) Stop(ctx context.Context) error {
 		}
 	}
 	removeKubepodsCgroups()
+	if c.lock != nil {
+		_ = c.lock.Close()
+	}
 	return errors.Join(errs...)
 }
 
