@@ -20,6 +20,7 @@ import (
 
 	thingdbv1 "github.com/thingdb/thingdb/api/v1alpha1"
 	"github.com/thingdb/thingdb/internal/pki"
+	"github.com/thingdb/thingdb/internal/syncstatus"
 )
 
 // maxSyncStatusBody caps the sync status response the operator reads.
@@ -29,38 +30,9 @@ const maxSyncStatusBody = 4 << 20
 // the pair to count as synced.
 const recentSyncs = 3
 
-// Reason codes of a node's sync status that the ForkDetected condition
-// reports.
-const (
-	nodeReasonFork        = "fork"
-	nodeReasonKeyMismatch = "key_mismatch"
-)
-
-// nodeSyncStatus is the part of the body of GET /v1/sync/status the
-// operator reads.
-type nodeSyncStatus struct {
-	Node  string           `json:"node"`
-	Peers []nodePeerStatus `json:"peers"`
-}
-
-type nodePeerStatus struct {
-	Name               string     `json:"name"`
-	NodeID             string     `json:"nodeID"`
-	LastSuccess        *time.Time `json:"lastSuccess"`
-	LastError          string     `json:"lastError"`
-	LastErrorReason    string     `json:"lastErrorReason"`
-	EntriesTransferred uint64     `json:"entriesTransferred"`
-	LagEntries         uint64     `json:"lagEntries"`
-	ForkDetected       bool       `json:"forkDetected"`
-	Fork               *struct {
-		Origin   string `json:"origin"`
-		Sequence uint64 `json:"sequence"`
-	} `json:"fork"`
-}
-
 // ReadSyncStatus returns what GET /v1/sync/status of one pod returns,
 // presenting token, which needs the read scope.
-func (ir *IdentityReader) ReadSyncStatus(ctx context.Context, tn *thingdbv1.ThingNode, pod string, roots *x509.CertPool, token []byte) (*nodeSyncStatus, error) {
+func (ir *IdentityReader) ReadSyncStatus(ctx context.Context, tn *thingdbv1.ThingNode, pod string, roots *x509.CertPool, token []byte) (*syncstatus.Response, error) {
 	podURL := DefaultPodURL
 	if ir.PodURL != nil {
 		podURL = ir.PodURL
@@ -87,7 +59,7 @@ func (ir *IdentityReader) ReadSyncStatus(ctx context.Context, tn *thingdbv1.Thin
 		return nil, fmt.Errorf("get %s: status %s", url, resp.Status)
 	}
 
-	var body nodeSyncStatus
+	var body syncstatus.Response
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxSyncStatusBody)).Decode(&body); err != nil {
 		return nil, fmt.Errorf("decode sync status from %s: %w", url, err)
 	}
@@ -246,7 +218,7 @@ func (r *ThingSyncReconciler) collectPairs(ctx context.Context, sp *syncPlan, pl
 }
 
 // addPeerStatus adds one pod's report on one peer to its pair.
-func addPeerStatus(state *pairState, pod string, peer nodePeerStatus) {
+func addPeerStatus(state *pairState, pod string, peer syncstatus.Peer) {
 	state.observed++
 	state.status.EntriesTransferred += int64(peer.EntriesTransferred)
 	state.status.LagEntries += int64(peer.LagEntries)
@@ -260,14 +232,14 @@ func addPeerStatus(state *pairState, pod string, peer nodePeerStatus) {
 		state.status.LastError = fmt.Sprintf("pod %s pulling from %s: %s", pod, peer.Name, peer.LastError)
 		state.status.LastErrorReason = peer.LastErrorReason
 	}
-	if (peer.ForkDetected || peer.LastErrorReason == nodeReasonFork) && state.fork == "" {
+	if (peer.ForkDetected || peer.LastErrorReason == syncstatus.ReasonFork) && state.fork == "" {
 		state.fork = fmt.Sprintf("pod %s and peer %s hold different entries", pod, peer.Name)
 		if peer.Fork != nil {
 			state.fork += fmt.Sprintf(" for origin %s sequence %d", peer.Fork.Origin, peer.Fork.Sequence)
 		}
 		state.fork += "; compare both ledgers with thingdb verify before changing either"
 	}
-	if peer.LastErrorReason == nodeReasonKeyMismatch && state.mismatch == "" {
+	if peer.LastErrorReason == syncstatus.ReasonKeyMismatch && state.mismatch == "" {
 		state.mismatch = fmt.Sprintf("pod %s rejected peer %s: it does not hold the pinned node id and key (%s)", pod, peer.Name, peer.LastError)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/thingdb/thingdb/internal/syncstatus"
 	"github.com/thingdb/thingdb/ledger"
 )
 
@@ -116,15 +117,6 @@ type Rejection struct {
 	Origin   string `json:"origin,omitempty"`
 	Sequence uint64 `json:"sequence,omitempty"`
 	Reason   string `json:"reason"`
-}
-
-// ForkJSON is the evidence of a fork: both entry lines with the same origin
-// and sequence.
-type ForkJSON struct {
-	Origin   string `json:"origin"`
-	Sequence uint64 `json:"sequence"`
-	Existing string `json:"existing"`
-	Incoming string `json:"incoming"`
 }
 
 // Import rejection reasons, also the label of thingdb_import_rejected_total.
@@ -255,13 +247,6 @@ func collectEntryErrors(err error) []*ledger.EntryError {
 	return found
 }
 
-// SyncStatusResponse is the body of GET /v1/sync/status.
-type SyncStatusResponse struct {
-	Node     string         `json:"node"`
-	PeerFile PeerFileStatus `json:"peerFile"`
-	Peers    []PeerStatus   `json:"peers"`
-}
-
 func (s *Server) handleSyncStatus(w http.ResponseWriter, r *http.Request) {
 	peers := []PeerStatus{}
 	if s.sync != nil {
@@ -270,3 +255,17 @@ func (s *Server) handleSyncStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, SyncStatusResponse{Node: s.ledger.Identity().NodeID, PeerFile: s.pins.Status(), Peers: peers})
 }
+
+// The body of GET /v1/sync/status, defined in internal/syncstatus so that
+// the operator decodes the same types.
+type (
+	// SyncStatusResponse is the body of GET /v1/sync/status.
+	SyncStatusResponse = syncstatus.Response
+	// PeerFileStatus is the state of the peer file in that body.
+	PeerFileStatus = syncstatus.PeerFile
+	// PeerStatus is the sync state of one peer in that body.
+	PeerStatus = syncstatus.Peer
+	// ForkJSON is the evidence of a fork: both entry lines with the same
+	// origin and sequence.
+	ForkJSON = syncstatus.Fork
+)

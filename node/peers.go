@@ -179,16 +179,6 @@ type PinStore struct {
 	changed  chan struct{} // closed and replaced when the file changes
 }
 
-// PeerFileStatus is the state of the peer file as GET /v1/sync/status
-// reports it. Error is set while the file on disk does not load; the peers
-// of LoadedAt stay in force meanwhile.
-type PeerFileStatus struct {
-	Path     string     `json:"path,omitempty"`
-	Peers    int        `json:"peers"`
-	LoadedAt *time.Time `json:"loadedAt,omitempty"`
-	Error    string     `json:"error,omitempty"`
-}
-
 // NewPinStore loads the peer file at path. An empty path, or a file that
 // does not exist yet, gives an empty store; a reload picks the file up when
 // it appears.
@@ -292,27 +282,6 @@ func (s *PinStore) File() *PeerFile {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.file
-}
-
-// PeerStatus is the sync state of one peer as GET /v1/sync/status reports it.
-// LastError and LastErrorReason describe the last attempt and are empty
-// after a success. LagEntries counts the entries the peer's signed heads
-// list that this node lacked after the last attempt. Fork holds both lines
-// of the first fork seen with this peer while ForkDetected is true.
-type PeerStatus struct {
-	Name                string     `json:"name"`
-	NodeID              string     `json:"nodeID"`
-	URL                 string     `json:"url"`
-	LastSuccess         *time.Time `json:"lastSuccess,omitempty"`
-	LastAttempt         *time.Time `json:"lastAttempt,omitempty"`
-	NextAttempt         *time.Time `json:"nextAttempt,omitempty"`
-	LastError           string     `json:"lastError,omitempty"`
-	LastErrorReason     string     `json:"lastErrorReason,omitempty"`
-	ConsecutiveFailures int        `json:"consecutiveFailures,omitempty"`
-	EntriesTransferred  uint64     `json:"entriesTransferred"`
-	LagEntries          uint64     `json:"lagEntries"`
-	ForkDetected        bool       `json:"forkDetected,omitempty"`
-	Fork                *ForkJSON  `json:"fork,omitempty"`
 }
 
 // SyncStatusSource reports per-peer sync state. The sync loop implements it;

@@ -335,15 +335,6 @@ func (n *procNode) syncStatus(t *testing.T) SyncStatusResponse {
 	return st
 }
 
-func (st SyncStatusResponse) peer(name string) (PeerStatus, bool) {
-	for _, p := range st.Peers {
-		if p.Name == name {
-			return p, true
-		}
-	}
-	return PeerStatus{}, false
-}
-
 // waitFor polls check every 100 ms until it returns true, and fails the
 // test with the last detail after timeout.
 func waitFor(t *testing.T, timeout time.Duration, what string, check func() (bool, string)) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/thingdb/thingdb/internal/syncstatus"
 	"github.com/thingdb/thingdb/ledger"
 )
 
@@ -263,7 +264,7 @@ func (s *Syncer) record(peer Peer, start, next time.Time, failures int, result a
 		st.ForkDetected, st.Fork = false, nil
 	} else {
 		st.LastError, st.LastErrorReason = result.err.Error(), result.err.reason
-		st.ForkDetected = result.err.reason == SyncReasonFork
+		st.ForkDetected = result.err.reason == syncstatus.ReasonFork
 		st.Fork = nil
 		if st.ForkDetected {
 			st.Fork = result.err.fork

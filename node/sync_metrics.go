@@ -2,6 +2,8 @@ package node
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/thingdb/thingdb/internal/syncstatus"
 )
 
 // syncMetrics are the sync loop's Prometheus metrics, labelled by the peer's
@@ -37,8 +39,8 @@ func newSyncMetrics() *syncMetrics {
 			Name: "thingdb_sync_fork_detected",
 			Help: "1 while the last attempt with a peer found a fork, else 0.",
 		}, []string{"peer"}),
-		reasons: []string{SyncReasonUnreachable, SyncReasonTLS, SyncReasonUnauthorized, SyncReasonKeyMismatch, SyncReasonFork,
-			SyncReasonGap, SyncReasonInvalidEntry, SyncReasonRollback, SyncReasonPeerError, SyncReasonConfig, SyncReasonLocal},
+		reasons: []string{syncstatus.ReasonUnreachable, syncstatus.ReasonTLS, syncstatus.ReasonUnauthorized, syncstatus.ReasonKeyMismatch, syncstatus.ReasonFork,
+			syncstatus.ReasonGap, syncstatus.ReasonInvalidEntry, syncstatus.ReasonRollback, syncstatus.ReasonPeerError, syncstatus.ReasonConfig, syncstatus.ReasonLocal},
 	}
 }
 
@@ -67,7 +69,7 @@ func (m *syncMetrics) observe(peer string, result attemptResult) {
 	if result.err != nil {
 		m.rounds.WithLabelValues(peer, "error").Inc()
 		m.errors.WithLabelValues(peer, result.err.reason).Inc()
-		if result.err.reason == SyncReasonFork {
+		if result.err.reason == syncstatus.ReasonFork {
 			fork = 1
 		}
 	} else {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/thingdb/thingdb/internal/peerfile"
+	"github.com/thingdb/thingdb/internal/syncstatus"
 	"github.com/thingdb/thingdb/ledger"
 )
 
@@ -192,7 +193,7 @@ func TestSyncProcesses_MeshRestartAndStar(t *testing.T) {
 		}
 		for _, p := range st.Peers {
 			waitFor(t, 10*time.Second, n.name+" to report "+p.Name+" in sync", func() (bool, string) {
-				p, _ := n.syncStatus(t).peer(p.Name)
+				p, _ := n.syncStatus(t).PeerNamed(p.Name)
 				return p.LastSuccess != nil && p.LastError == "" && p.LagEntries == 0, fmt.Sprintf("%+v", p)
 			})
 		}
@@ -216,8 +217,8 @@ func TestSyncProcesses_MeshRestartAndStar(t *testing.T) {
 		written += 2
 	}
 	waitFor(t, 30*time.Second, "a to report c unreachable", func() (bool, string) {
-		p, _ := a.syncStatus(t).peer(c.name)
-		return p.LastErrorReason == SyncReasonUnreachable, fmt.Sprintf("%+v", p)
+		p, _ := a.syncStatus(t).PeerNamed(c.name)
+		return p.LastErrorReason == syncstatus.ReasonUnreachable, fmt.Sprintf("%+v", p)
 	})
 	c.start(t)
 	waitConverged(t, nodes, written)
@@ -292,10 +293,10 @@ func TestSyncProcesses_KeyMismatchAndFork(t *testing.T) {
 	b.writePeers(t, impostor)
 	a.writePeers(t, b.peerEntry(t, a))
 	waitFor(t, 30*time.Second, "b to reject a's key", func() (bool, string) {
-		p, _ := b.syncStatus(t).peer(a.name)
-		return p.LastErrorReason == SyncReasonKeyMismatch, fmt.Sprintf("%+v", p)
+		p, _ := b.syncStatus(t).PeerNamed(a.name)
+		return p.LastErrorReason == syncstatus.ReasonKeyMismatch, fmt.Sprintf("%+v", p)
 	})
-	p, _ := b.syncStatus(t).peer(a.name)
+	p, _ := b.syncStatus(t).PeerNamed(a.name)
 	if p.EntriesTransferred != 0 || p.LastSuccess != nil || !strings.Contains(p.LastError, impostor.NodeID) {
 		t.Fatalf("status of the mismatched peer: %+v", p)
 	}
@@ -309,7 +310,7 @@ func TestSyncProcesses_KeyMismatchAndFork(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "b to report its bad peer file", func() (bool, string) {
 		st := b.syncStatus(t)
-		_, kept := st.peer(a.name)
+		_, kept := st.PeerNamed(a.name)
 		return st.PeerFile.Error != "" && kept, fmt.Sprintf("%+v", st.PeerFile)
 	})
 
@@ -339,18 +340,18 @@ func TestSyncProcesses_KeyMismatchAndFork(t *testing.T) {
 	secondLine := a.entries(t)[a.id.NodeID+":4"]
 
 	waitFor(t, 30*time.Second, "b to report the fork", func() (bool, string) {
-		p, _ := b.syncStatus(t).peer(a.name)
+		p, _ := b.syncStatus(t).PeerNamed(a.name)
 		return p.ForkDetected && p.Fork != nil && p.Fork.Incoming != "", fmt.Sprintf("%+v", p)
 	})
-	p, _ = b.syncStatus(t).peer(a.name)
-	if p.LastErrorReason != SyncReasonFork || p.Fork.Origin != a.id.NodeID || p.Fork.Sequence != 4 {
+	p, _ = b.syncStatus(t).PeerNamed(a.name)
+	if p.LastErrorReason != syncstatus.ReasonFork || p.Fork.Origin != a.id.NodeID || p.Fork.Sequence != 4 {
 		t.Fatalf("fork status on b: %+v", p)
 	}
 	if p.Fork.Existing != firstLine || p.Fork.Incoming != secondLine {
 		t.Fatalf("fork evidence on b:\nexisting %.100s\nincoming %.100s\nwant the first and the second sequence 4", p.Fork.Existing, p.Fork.Incoming)
 	}
 	waitFor(t, 30*time.Second, "a to report the fork of its own origin", func() (bool, string) {
-		p, _ := a.syncStatus(t).peer(b.name)
+		p, _ := a.syncStatus(t).PeerNamed(b.name)
 		return p.ForkDetected && p.Fork != nil && p.Fork.Existing == secondLine && p.Fork.Incoming == firstLine, fmt.Sprintf("%+v", p)
 	})
 	if got := b.entries(t)[a.id.NodeID+":4"]; got != firstLine {

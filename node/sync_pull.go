@@ -10,6 +10,7 @@ import (
 	"math"
 	"strconv"
 
+	"github.com/thingdb/thingdb/internal/syncstatus"
 	"github.com/thingdb/thingdb/ledger"
 )
 
@@ -50,12 +51,12 @@ func (s *Syncer) syncPeer(ctx context.Context, peer Peer, batchSize int) attempt
 		return attemptResult{err: newSyncError(classifyRequestError(err), fmt.Errorf("read heads of peer %q: %w", peer.Name, err))}
 	}
 	if heads.Node != peer.NodeID || !heads.Verify(peer.SigningKey) {
-		return attemptResult{err: newSyncError(SyncReasonKeyMismatch, fmt.Errorf("heads of peer %q are not signed by its pinned key (node %s): check the peer file", peer.Name, peer.NodeID))}
+		return attemptResult{err: newSyncError(syncstatus.ReasonKeyMismatch, fmt.Errorf("heads of peer %q are not signed by its pinned key (node %s): check the peer file", peer.Name, peer.NodeID))}
 	}
 
 	// Compare the heads with the local ones, then pull what is missing.
 	plan := s.planPull(heads)
-	if plan.fork != nil && plan.fork.reason == SyncReasonFork {
+	if plan.fork != nil && plan.fork.reason == syncstatus.ReasonFork {
 		plan.fork.fork = s.forkEvidence(ctx, client, plan, plan.fork.fork.Origin, plan.fork.fork.Sequence)
 	}
 	result := attemptResult{}
@@ -63,7 +64,7 @@ func (s *Syncer) syncPeer(ctx context.Context, peer Peer, batchSize int) attempt
 		result = s.pull(ctx, client, peer, plan, batchSize)
 	}
 	result.lag = s.lag(plan)
-	if plan.fork != nil && (result.err == nil || plan.fork.reason == SyncReasonFork) {
+	if plan.fork != nil && (result.err == nil || plan.fork.reason == syncstatus.ReasonFork) {
 		// A fork outweighs a failure of the other origins' pull, because it
 		// needs an operator and comes with evidence.
 		result.err = plan.fork
@@ -77,13 +78,13 @@ func (s *Syncer) peerClient(peer Peer) (*Client, *syncError) {
 	if peer.TokenFile != "" {
 		data, err := readSecretFile("token", peer.TokenFile)
 		if err != nil {
-			return nil, newSyncError(SyncReasonConfig, fmt.Errorf("read token file of peer %q: %w", peer.Name, err))
+			return nil, newSyncError(syncstatus.ReasonConfig, fmt.Errorf("read token file of peer %q: %w", peer.Name, err))
 		}
 		token = string(data)
 	}
 	client, err := s.clients.client(peer, token)
 	if err != nil {
-		return nil, newSyncError(SyncReasonConfig, err)
+		return nil, newSyncError(syncstatus.ReasonConfig, err)
 	}
 	return client, nil
 }
@@ -96,7 +97,7 @@ func (s *Syncer) checkIdentity(ctx context.Context, client *Client, peer Peer) *
 	}
 	key, err := base64.StdEncoding.DecodeString(id.SigningKey)
 	if err != nil || !peer.SigningKey.Equal(ed25519.PublicKey(key)) || id.NodeID != peer.NodeID {
-		return newSyncError(SyncReasonKeyMismatch, fmt.Errorf("peer %q at %s is node %s with signing key %s, but the peer file pins node %s with key %s: fix the peer file or the URL; nothing is imported from it",
+		return newSyncError(syncstatus.ReasonKeyMismatch, fmt.Errorf("peer %q at %s is node %s with signing key %s, but the peer file pins node %s with key %s: fix the peer file or the URL; nothing is imported from it",
 			peer.Name, peer.URL, id.NodeID, id.SigningKey, peer.NodeID, base64.StdEncoding.EncodeToString(peer.SigningKey)))
 	}
 	return nil
@@ -118,13 +119,13 @@ func (s *Syncer) planPull(heads SignedHeads) pullPlan {
 		switch {
 		case h.Sequence == mine.Sequence && h.Hash != mine.Hash && h.Sequence > 0:
 			if plan.fork == nil {
-				plan.fork = &syncError{reason: SyncReasonFork, err: fmt.Errorf("fork of origin %s at sequence %d: the peer's head entry differs from this node's", h.Origin, h.Sequence),
+				plan.fork = &syncError{reason: syncstatus.ReasonFork, err: fmt.Errorf("fork of origin %s at sequence %d: the peer's head entry differs from this node's", h.Origin, h.Sequence),
 					fork: &ForkJSON{Origin: h.Origin, Sequence: h.Sequence}}
 			}
 			plan.cursor[h.Origin] = skipOrigin
 		case h.Origin == s.nodeID:
 			if h.Sequence > mine.Sequence && plan.fork == nil {
-				plan.fork = newSyncError(SyncReasonRollback, fmt.Errorf("peer holds entries of this node's own origin up to sequence %d, beyond this node's head %d: this ledger was rolled back or another process signs with its key", h.Sequence, mine.Sequence))
+				plan.fork = newSyncError(syncstatus.ReasonRollback, fmt.Errorf("peer holds entries of this node's own origin up to sequence %d, beyond this node's head %d: this ledger was rolled back or another process signs with its key", h.Sequence, mine.Sequence))
 			}
 		case h.Sequence > mine.Sequence:
 			plan.cursor[h.Origin] = mine.Sequence
@@ -215,7 +216,7 @@ func (s *Syncer) fetchBatches(ctx context.Context, client *Client, peer Peer, pl
 			return
 		}
 		if resp.Node != peer.NodeID || !resp.Verify(peer.SigningKey) {
-			send(fetchedBatch{err: newSyncError(SyncReasonKeyMismatch, fmt.Errorf("batch from peer %q (node %q) is not signed by its pinned key (node %s): nothing of it is imported", peer.Name, resp.Node, peer.NodeID))})
+			send(fetchedBatch{err: newSyncError(syncstatus.ReasonKeyMismatch, fmt.Errorf("batch from peer %q (node %q) is not signed by its pinned key (node %s): nothing of it is imported", peer.Name, resp.Node, peer.NodeID))})
 			return
 		}
 		if len(resp.Lines) == 0 {
@@ -277,7 +278,7 @@ func (s *Syncer) importLines(ctx context.Context, lines [][]byte) (ledger.Import
 // head: a fork, whose evidence is fetched.
 func (s *Syncer) importFailure(ctx context.Context, client *Client, plan pullPlan, peer Peer, err error) *syncError {
 	if ctx.Err() != nil {
-		return newSyncError(SyncReasonLocal, fmt.Errorf("import from peer %q: %w", peer.Name, err))
+		return newSyncError(syncstatus.ReasonLocal, fmt.Errorf("import from peer %q: %w", peer.Name, err))
 	}
 	serr := newSyncError(classifyImportError(err), fmt.Errorf("import from peer %q: %w", peer.Name, err))
 	var fork *ledger.ForkError
@@ -286,10 +287,10 @@ func (s *Syncer) importFailure(ctx context.Context, client *Client, plan pullPla
 		return serr
 	}
 	var entryErr *ledger.EntryError
-	if serr.reason == SyncReasonInvalidEntry && errors.As(err, &entryErr) && entryErr.Sequence > 1 {
+	if serr.reason == syncstatus.ReasonInvalidEntry && errors.As(err, &entryErr) && entryErr.Sequence > 1 {
 		evidence := s.forkEvidence(ctx, client, plan, entryErr.Origin, entryErr.Sequence-1)
 		if evidence != nil && evidence.Existing != "" && evidence.Incoming != "" && evidence.Existing != evidence.Incoming {
-			return &syncError{reason: SyncReasonFork, fork: evidence,
+			return &syncError{reason: syncstatus.ReasonFork, fork: evidence,
 				err: fmt.Errorf("fork of origin %s at sequence %d: the peer's entry differs from this node's, so its next entry does not continue this node's chain", evidence.Origin, evidence.Sequence)}
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thingdb/thingdb/internal/syncstatus"
 	"github.com/thingdb/thingdb/ledger"
 )
 
@@ -119,15 +120,15 @@ func TestSyncer_AttemptReasons(t *testing.T) {
 		wantReason string
 		wantPulled uint64
 	}{
-		"unreachable":                {peer: func(p Peer) Peer { p.URL = "https://127.0.0.1:1"; return p }, wantReason: SyncReasonUnreachable},
-		"wrong CA":                   {peer: func(p Peer) Peer { p.CAFile = wrongCAFile; return p }, wantReason: SyncReasonTLS},
-		"missing CA file":            {peer: func(p Peer) Peer { p.CAFile = filepath.Join(dir, "absent.crt"); return p }, wantReason: SyncReasonConfig},
-		"token without export scope": {peer: func(p Peer) Peer { p.TokenFile = readTokenFile; return p }, wantReason: SyncReasonUnauthorized},
-		"no token":                   {peer: func(p Peer) Peer { p.TokenFile = ""; return p }, wantReason: SyncReasonUnauthorized},
+		"unreachable":                {peer: func(p Peer) Peer { p.URL = "https://127.0.0.1:1"; return p }, wantReason: syncstatus.ReasonUnreachable},
+		"wrong CA":                   {peer: func(p Peer) Peer { p.CAFile = wrongCAFile; return p }, wantReason: syncstatus.ReasonTLS},
+		"missing CA file":            {peer: func(p Peer) Peer { p.CAFile = filepath.Join(dir, "absent.crt"); return p }, wantReason: syncstatus.ReasonConfig},
+		"token without export scope": {peer: func(p Peer) Peer { p.TokenFile = readTokenFile; return p }, wantReason: syncstatus.ReasonUnauthorized},
+		"no token":                   {peer: func(p Peer) Peer { p.TokenFile = ""; return p }, wantReason: syncstatus.ReasonUnauthorized},
 		"pinned key of another node": {peer: func(p Peer) Peer {
 			p.NodeID, p.SigningKey = other.Identity().NodeID, other.Identity().SigningKey
 			return p
-		}, wantReason: SyncReasonKeyMismatch},
+		}, wantReason: syncstatus.ReasonKeyMismatch},
 		"pulls everything": {peer: func(p Peer) Peer { return p }, wantPulled: 5},
 	}
 	for name, tt := range tests {
