@@ -25,7 +25,10 @@ for tool in docker containerd ctr runc iptables ip; do
 done
 if [[ ! -x /usr/lib/cni/bridge ]]; then
   log "installing Debian's containernetworking-plugins"
+  # A new machine may have no package lists yet, so update once on failure.
+  export DEBIAN_FRONTEND=noninteractive
   apt-get install -y containernetworking-plugins >&2 ||
+    { apt-get update >&2 && apt-get install -y containernetworking-plugins >&2; } ||
     fail "could not install containernetworking-plugins; install it and run again"
 fi
 
