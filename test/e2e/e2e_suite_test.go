@@ -57,7 +57,17 @@ var (
 	// localHost is true when the cluster runs on this host, so the test can
 	// look at the pods' processes.
 	localHost bool
+	// tempWorkDir is the cluster's work directory when the suite created
+	// it. It is removed after a run that passed and kept after a failure.
+	tempWorkDir string
 )
+
+// ReportAfterSuite runs after every cleanup, so the cluster has stopped.
+var _ = ReportAfterSuite("remove the work directory of a passed run", func(report Report) {
+	if tempWorkDir != "" && report.SuiteSucceeded {
+		Expect(os.RemoveAll(tempWorkDir)).To(Succeed())
+	}
+})
 
 func TestE2E(t *testing.T) {
 	RegisterFailHandler(Fail)
@@ -83,6 +93,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 			var err error
 			workDir, err = os.MkdirTemp("", "thingdb-e2e-")
 			Expect(err).NotTo(HaveOccurred())
+			tempWorkDir = workDir
 		}
 		GinkgoWriter.Printf("cluster files and logs: %s\n", workDir)
 		start := time.Now()
@@ -133,6 +144,17 @@ func installChart(ctx context.Context) {
 	cmd.Stdout = GinkgoWriter
 	cmd.Stderr = GinkgoWriter
 	Expect(cmd.Run()).To(Succeed(), "helm install of %s", chart)
+	if localHost {
+		return
+	}
+	// A cluster that outlives the suite gets the release removed again.
+	DeferCleanup(func(ctx SpecContext) {
+		cmd := exec.CommandContext(ctx, "go", "tool", "helm", "uninstall", operatorRelease,
+			"--kubeconfig", kubeconfig, "--namespace", operatorNamespace, "--wait")
+		cmd.Stdout = GinkgoWriter
+		cmd.Stderr = GinkgoWriter
+		Expect(cmd.Run()).To(Succeed(), "helm uninstall %s", operatorRelease)
+	})
 }
 
 func splitImage(ref string) (repository, tag string) {

@@ -169,8 +169,14 @@ var _ = Describe("Operator on a real cluster", Label("e2e"), Ordered, func() {
 	}
 
 	BeforeAll(func(ctx SpecContext) {
+		// A cluster that outlives the suite (E2E_KUBECONFIG) may still hold
+		// the namespace of an earlier run.
+		deleteNamespace(ctx)
+		if !localHost {
+			DeferCleanup(deleteNamespace, NodeTimeout(5*time.Minute))
+		}
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testNamespace}}
-		Expect(client.IgnoreAlreadyExists(k8sClient.Create(ctx, ns))).To(Succeed())
+		Expect(k8sClient.Create(ctx, ns)).To(Succeed())
 		for _, m := range []member{alpha, beta} {
 			Expect(k8sClient.Create(ctx, thingNode(m))).To(Succeed())
 		}
@@ -193,22 +199,22 @@ var _ = Describe("Operator on a real cluster", Label("e2e"), Ordered, func() {
 
 		for _, m := range []member{alpha, beta} {
 			pods := podsOf(ctx, m)
-			Expect(pods).To(HaveLen(int(m.replicas)))
+			Expect(pods).To(HaveLen(int(m.replicas)), "pods of ThingNode %s", m.name)
 			for _, pod := range pods {
 				Expect(pod.Status.Phase).To(Equal(corev1.PodRunning), "pod %s", pod.Name)
 				psc := pod.Spec.SecurityContext
-				Expect(psc).NotTo(BeNil(), "pod %s", pod.Name)
-				Expect(psc.RunAsNonRoot).To(HaveValue(BeTrue()), "pod %s", pod.Name)
-				Expect(psc.RunAsUser).To(HaveValue(BeEquivalentTo(nodeUser)), "pod %s", pod.Name)
-				Expect(psc.SeccompProfile).NotTo(BeNil())
-				Expect(psc.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault))
+				Expect(psc).NotTo(BeNil(), "securityContext of pod %s", pod.Name)
+				Expect(psc.RunAsNonRoot).To(HaveValue(BeTrue()), "runAsNonRoot of pod %s", pod.Name)
+				Expect(psc.RunAsUser).To(HaveValue(BeEquivalentTo(nodeUser)), "runAsUser of pod %s", pod.Name)
+				Expect(psc.SeccompProfile).NotTo(BeNil(), "seccompProfile of pod %s", pod.Name)
+				Expect(psc.SeccompProfile.Type).To(Equal(corev1.SeccompProfileTypeRuntimeDefault), "seccompProfile of pod %s", pod.Name)
 				for _, c := range pod.Spec.Containers {
 					sc := c.SecurityContext
 					Expect(sc).NotTo(BeNil(), "container %s of pod %s", c.Name, pod.Name)
-					Expect(sc.AllowPrivilegeEscalation).To(HaveValue(BeFalse()))
-					Expect(sc.ReadOnlyRootFilesystem).To(HaveValue(BeTrue()))
-					Expect(sc.Capabilities).NotTo(BeNil())
-					Expect(sc.Capabilities.Drop).To(ContainElement(corev1.Capability("ALL")))
+					Expect(sc.AllowPrivilegeEscalation).To(HaveValue(BeFalse()), "allowPrivilegeEscalation of container %s in pod %s", c.Name, pod.Name)
+					Expect(sc.ReadOnlyRootFilesystem).To(HaveValue(BeTrue()), "readOnlyRootFilesystem of container %s in pod %s", c.Name, pod.Name)
+					Expect(sc.Capabilities).NotTo(BeNil(), "capabilities of container %s in pod %s", c.Name, pod.Name)
+					Expect(sc.Capabilities.Drop).To(ContainElement(corev1.Capability("ALL")), "capabilities dropped by container %s in pod %s", c.Name, pod.Name)
 				}
 			}
 		}
@@ -220,7 +226,7 @@ var _ = Describe("Operator on a real cluster", Label("e2e"), Ordered, func() {
 		// host runs as the node user with no capabilities and no way to
 		// gain privileges.
 		procs := nodeProcesses()
-		Expect(procs).To(HaveLen(int(alpha.replicas + beta.replicas)))
+		Expect(procs).To(HaveLen(int(alpha.replicas+beta.replicas)), "thingdb serve processes on this host")
 		for pid, status := range procs {
 			Expect(status["Uid"]).To(HavePrefix(strconv.Itoa(nodeUser)+"\t"), "process %d", pid)
 			Expect(status["CapEff"]).To(Equal("0000000000000000"), "process %d", pid)
@@ -262,6 +268,7 @@ var _ = Describe("Operator on a real cluster", Label("e2e"), Ordered, func() {
 	})
 
 	It("keeps syncing while the operator is down", func(ctx SpecContext) {
+		DeferCleanup(func(ctx SpecContext) { scaleOperator(ctx, 1) })
 		scaleOperator(ctx, 0)
 		Eventually(func(ctx context.Context) ([]corev1.Pod, error) {
 			list := &corev1.PodList{}
@@ -272,8 +279,6 @@ var _ = Describe("Operator on a real cluster", Label("e2e"), Ordered, func() {
 		write(ctx, alpha, "alpha-1")
 		write(ctx, beta, "beta-0")
 		expectEverywhere(ctx, alpha, beta)
-
-		scaleOperator(ctx, 1)
 	})
 
 	It("applies a topology change without restarting a pod", func(ctx SpecContext) {
@@ -337,6 +342,16 @@ var _ = Describe("Operator on a real cluster", Label("e2e"), Ordered, func() {
 		Consistently(claims).WithContext(ctx).WithTimeout(10 * time.Second).Should(Equal(bound))
 	})
 })
+
+// deleteNamespace deletes the test namespace and everything in it, and
+// waits until it is gone.
+func deleteNamespace(ctx SpecContext) {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testNamespace}}
+	Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, ns))).To(Succeed())
+	Eventually(func(ctx context.Context) bool {
+		return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKeyFromObject(ns), ns))
+	}).WithContext(ctx).WithTimeout(5*time.Minute).WithPolling(time.Second).Should(BeTrue(), "namespace %s is not deleted", testNamespace)
+}
 
 // scaleOperator sets the replicas of the operator's Deployment and, for a
 // scale-up, waits until a manager is available again.

@@ -3,6 +3,7 @@ package localcluster
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -158,6 +159,33 @@ func lockHost() (*os.File, error) {
 	return f, nil
 }
 
+// sysctlsPath keeps the kernel settings from before the first cluster
+// until a Stop has written them back, so that a run that was killed does
+// not make the kubelet's values look like the host's own to the next run.
+const sysctlsPath = "/run/thingdb-e2e.sysctls.json"
+
+// recordKernelSettings reads the settings that Stop writes back: those a
+// killed run left in sysctlsPath, or else the current ones, which it saves
+// there.
+func (c *Cluster) recordKernelSettings() error {
+	if data, err := os.ReadFile(sysctlsPath); err == nil {
+		if err := json.Unmarshal(data, &c.sysctls); err != nil {
+			return fmt.Errorf("localcluster: invalid %s (%v): delete it, then check the kernel settings it lists by hand", sysctlsPath, err)
+		}
+		return nil
+	}
+	for _, name := range kernelSettings {
+		if value, err := os.ReadFile(filepath.Join("/proc/sys", name)); err == nil {
+			c.sysctls[name] = strings.TrimSpace(string(value))
+		}
+	}
+	data, err := json.Marshal(c.sysctls)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(sysctlsPath, data, 0o600)
+}
+
 // kernelSettings are the sysctls the kubelet and kube-proxy may change;
 // Start records them and Stop writes them back.
 var kernelSettings = []string{
@@ -187,10 +215,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{cfg: cfg, pkiDir: filepath.Join(cfg.WorkDir, "pki"), sysctls: map[string]string{}, lock: lock}
-	for _, name := range kernelSettings {
-		if value, err := os.ReadFile(filepath.Join("/proc/sys", name)); err == nil {
-			c.sysctls[name] = strings.TrimSpace(string(value))
-		}
+	if err := c.recordKernelSettings(); err != nil {
+		_ = lock.Close()
+		return nil, err
 	}
 	if err := c.start(ctx); err != nil {
 		return c, err
@@ -490,10 +517,15 @@ func (c *Cluster) Stop(ctx context.Context) error {
 		}
 	}
 
+	restored := true
 	for name, value := range c.sysctls {
 		if err := os.WriteFile(filepath.Join("/proc/sys", name), []byte(value), 0o644); err != nil {
 			errs = append(errs, fmt.Errorf("restore %s=%s: %w", name, value, err))
+			restored = false
 		}
+	}
+	if restored {
+		_ = os.Remove(sysctlsPath)
 	}
 	removeKubepodsCgroups()
 	if c.lock != nil {
