@@ -54,8 +54,8 @@ if [[ ! -x "$coredns_dir/coredns" ]]; then
   rm -rf "$work"
 fi
 
-# Both images are one static binary on an empty base; Docker's layer cache
-# makes a rebuild of unchanged inputs instant.
+# Both images are one static binary on an empty base, so Docker's layer
+# cache makes a rebuild of unchanged inputs instant.
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
 CGO_ENABLED=0 go build -trimpath -o "$context/pause" ./test/e2e/pause

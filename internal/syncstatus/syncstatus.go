@@ -20,8 +20,8 @@ const (
 	// ReasonKeyMismatch: the peer's identity, heads or batch are not
 	// those of the node id and signing key pinned in the peer file.
 	ReasonKeyMismatch = "key_mismatch"
-	// ReasonFork: the peer holds a different entry at an origin and
-	// sequence that this node holds; Fork in the status has both lines.
+	// ReasonFork: the peer has a different entry at an origin and
+	// sequence that this node has. Fork in the status contains both lines.
 	ReasonFork = "fork"
 	// ReasonGap: a batch skipped sequences of an origin.
 	ReasonGap = "gap"

@@ -31,6 +31,10 @@ type podAPI struct {
 	client *http.Client
 }
 
+// podAPIs keeps one client per pod address and CA, so that the polls of
+// the scenario reuse their connections instead of opening new ones.
+var podAPIs = map[string]*podAPI{}
+
 // apiOf returns the API of a pod of ThingNode tn.
 func apiOf(ctx context.Context, tn, pod string) (*podAPI, error) {
 	p := &corev1.Pod{}
@@ -44,11 +48,16 @@ func apiOf(ctx context.Context, tn, pod string) (*podAPI, error) {
 	if err := k8sClient.Get(ctx, client.ObjectKey{Namespace: testNamespace, Name: tn + "-tls"}, caSecret); err != nil {
 		return nil, err
 	}
+	addr := net.JoinHostPort(p.Status.PodIP, nodePort)
+	key := pod + " " + addr + " " + string(caSecret.Data["ca.crt"])
+	if api, ok := podAPIs[key]; ok {
+		return api, nil
+	}
+
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(caSecret.Data["ca.crt"]) {
-		return nil, fmt.Errorf("secret %s-tls holds no CA certificate", tn)
+		return nil, fmt.Errorf("secret %s-tls contains no CA certificate", tn)
 	}
-	addr := net.JoinHostPort(p.Status.PodIP, nodePort)
 	dialer := &net.Dialer{Timeout: 5 * time.Second}
 	transport := &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
@@ -56,11 +65,13 @@ func apiOf(ctx context.Context, tn, pod string) (*podAPI, error) {
 			return dialer.DialContext(ctx, network, addr)
 		},
 	}
-	return &podAPI{
+	api := &podAPI{
 		pod:    pod,
 		host:   fmt.Sprintf("%s.%s-headless.%s.svc:%s", pod, tn, testNamespace, nodePort),
 		client: &http.Client{Transport: transport, Timeout: 15 * time.Second},
-	}, nil
+	}
+	podAPIs[key] = api
+	return api, nil
 }
 
 // call sends one request with token and decodes a 200 response into out.

@@ -62,7 +62,7 @@ type written struct {
 }
 
 var _ = Describe("Operator on a real cluster", Label("e2e"), Ordered, func() {
-	// writes holds every acknowledged write of the scenario; each step
+	// writes lists every acknowledged write of the scenario. Each step
 	// checks that all of them are still on every pod it expects.
 	var writes []written
 	counter := 0

@@ -28,7 +28,7 @@ import (
 // Config describes the cluster. Start fills every zero field with its
 // default.
 type Config struct {
-	// BinDir holds etcd, kube-apiserver, kube-controller-manager,
+	// BinDir contains etcd, kube-apiserver, kube-controller-manager,
 	// kube-scheduler, kubelet and kube-proxy.
 	BinDir string
 	// WorkDir receives the certificates, configuration, state and logs.
@@ -45,19 +45,19 @@ type Config struct {
 	ServiceCIDR string
 	// ClusterDomain is the DNS domain of Services. Default: cluster.local.
 	ClusterDomain string
-	// PauseImage is the image of pod sandboxes; it must be in containerd
+	// PauseImage is the image of pod sandboxes. It must be in containerd
 	// already (see ImportImages). Default: docker.io/thingdb-e2e/pause:local.
 	PauseImage string
 	// CoreDNSImage runs the cluster DNS. Default: docker.io/thingdb-e2e/coredns:local.
 	CoreDNSImage string
 	// Snapshotter is containerd's snapshotter. Default: overlayfs.
 	Snapshotter string
-	// CNIBinDir holds the CNI plugins. Default: /usr/lib/cni (Debian's
+	// CNIBinDir contains the CNI plugins. Default: /usr/lib/cni (Debian's
 	// containernetworking-plugins).
 	CNIBinDir string
 	// Volumes is the number of local PersistentVolumes to create. Default: 12.
 	Volumes int
-	// Ports of the components; zero picks a free port.
+	// Ports of the components. Zero picks a free port.
 	APIServerPort, EtcdPort, EtcdPeerPort, KubeletPort, KubeletHealthzPort,
 	ControllerManagerPort, SchedulerPort, KubeProxyHealthzPort, KubeProxyMetricsPort int
 	// Log receives progress lines. Default: io.Discard.
@@ -66,10 +66,10 @@ type Config struct {
 
 func (c *Config) setDefaults() error {
 	if c.BinDir == "" {
-		return errors.New("localcluster: BinDir is empty; build the binaries with hack/e2e-assets.sh and pass its directory")
+		return errors.New("localcluster: BinDir is missing: build the binaries with hack/e2e-assets.sh and pass its directory")
 	}
 	if c.WorkDir == "" {
-		return errors.New("localcluster: WorkDir is empty; pass a directory for the cluster's files")
+		return errors.New("localcluster: WorkDir is missing: pass a directory for the cluster's files")
 	}
 	defaults := []struct {
 		field *string
@@ -186,7 +186,7 @@ func (c *Cluster) recordKernelSettings() error {
 	return os.WriteFile(sysctlsPath, data, 0o600)
 }
 
-// kernelSettings are the sysctls the kubelet and kube-proxy may change;
+// kernelSettings are the sysctls the kubelet and kube-proxy may change.
 // Start records them and Stop writes them back.
 var kernelSettings = []string{
 	"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
@@ -195,19 +195,19 @@ var kernelSettings = []string{
 
 // Start creates the cluster and returns once its Node is Ready, CoreDNS
 // answers and the default StorageClass exists. On error the returned
-// Cluster, when not nil, holds what was started: call Stop on it.
+// Cluster, when not nil, contains what was started: call Stop on it.
 func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
 	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"} {
 		if _, err := os.Stat(filepath.Join(cfg.BinDir, bin)); err != nil {
-			return nil, fmt.Errorf("localcluster: %s is not in %s; build it with hack/e2e-assets.sh", bin, cfg.BinDir)
+			return nil, fmt.Errorf("localcluster: %s not found in %s: build it with hack/e2e-assets.sh", bin, cfg.BinDir)
 		}
 	}
 	for _, plugin := range []string{"bridge", "host-local", "firewall", "portmap", "loopback"} {
 		if _, err := os.Stat(filepath.Join(cfg.CNIBinDir, plugin)); err != nil {
-			return nil, fmt.Errorf("localcluster: CNI plugin %s is not in %s; install Debian's containernetworking-plugins", plugin, cfg.CNIBinDir)
+			return nil, fmt.Errorf("localcluster: CNI plugin %s not found in %s: install Debian's containernetworking-plugins", plugin, cfg.CNIBinDir)
 		}
 	}
 	lock, err := lockHost()
@@ -450,7 +450,7 @@ func (c *Cluster) ImportImages(ctx context.Context, refs ...string) error {
 		dockerRef := strings.TrimPrefix(ref, "docker.io/")
 		dockerRef = strings.TrimPrefix(dockerRef, "library/")
 		save := exec.CommandContext(ctx, "docker", "save", dockerRef)
-		load := exec.CommandContext(ctx, "ctr", "--address", c.socket, "-n", "k8s.io", "images", "import", "--no-unpack=false", "-")
+		load := exec.CommandContext(ctx, "ctr", "--address", c.socket, "-n", "k8s.io", "images", "import", "-")
 		pipe, err := save.StdoutPipe()
 		if err != nil {
 			return err
@@ -623,8 +623,8 @@ func removeChains(tool string, prefixes ...string) error {
 			chains[table] = append(chains[table], strings.TrimPrefix(fields[0], ":"))
 		case len(fields) > 3 && fields[0] == "-A" && !ours(fields[1]):
 			if i := slices.Index(fields, "-j"); i > 0 && i+1 < len(fields) && ours(fields[i+1]) {
-				// iptables-save quotes comments; the shell-free argument
-				// list needs them unquoted.
+				// iptables-save quotes comments, but an argument list
+				// without a shell needs them unquoted.
 				args := append([]string{"-t", table, "-D"}, unquote(fields[1:])...)
 				if out, err := exec.Command(tool, args...).CombinedOutput(); err != nil {
 					errs = append(errs, fmt.Errorf("%s %s: %w: %s", tool, strings.Join(args, " "), err, out))
@@ -760,5 +760,5 @@ func defaultRouteIP() (string, error) {
 			}
 		}
 	}
-	return "", errors.New("localcluster: no interface holds a default route; set NodeIP to a host address that pods can reach")
+	return "", errors.New("localcluster: no interface has a default route: set NodeIP to a host address that pods can reach")
 }

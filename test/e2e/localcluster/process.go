@@ -98,6 +98,5 @@ func waitFor(ctx context.Context, what string, procs []*process, check func(cont
 	}
 }
 
-// errNotYet is what a check returns while the state it waits for is still
-// coming.
+// errNotYet marks a check whose awaited state has not arrived yet.
 var errNotYet = errors.New("not yet")
