@@ -12,6 +12,7 @@
 #   BENCH_OUT               file to update (default docs/benchmarks.md)
 #   TMPDIR                  where the ledgers are written (default /tmp)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/write-bench-block.sh"
 cd "$(dirname "$0")/.."
 
 go_cmd="${GO:-go}"
@@ -114,18 +115,6 @@ block="$work/block.md"
 } >"$block"
 
 # Replace the old block, or add one, keeping every other line of the file.
-mkdir -p "$(dirname "$out")"
-if [[ ! -f "$out" ]]; then
-  printf '# Benchmarks\n\n' >"$out"
-fi
-if grep -qF "$begin_marker" "$out"; then
-  awk -v begin="$begin_marker" -v end="$end_marker" -v block="$block" '
-    $0 == begin { while ((getline line < block) > 0) print line; skip = 1; next }
-    $0 == end { skip = 0; next }
-    !skip { print }' "$out" >"$work/out.md"
-else
-  { cat "$out"; [[ -z "$(tail -c 1 "$out")" ]] || echo; echo; cat "$block"; } >"$work/out.md"
-fi
-cp "$work/out.md" "$out"
+write_bench_block "$out" "$begin_marker" "$end_marker" "$block"
 log "wrote $out"
 cat "$block"

@@ -17,6 +17,7 @@
 #   TMPDIR         where the ledgers and the fsync probe are written, so
 #                  the disk that is measured (default /tmp)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/write-bench-block.sh"
 cd "$(dirname "$0")/.."
 
 go_cmd="${GO:-go}"
@@ -182,19 +183,6 @@ awk -v date="$(date -u '+%Y-%m-%d %H:%M UTC')" -v gover="$("$go_cmd" env GOVERSI
   }' >"$block"
 
 # Replace the old block, or add one, keeping every other line of the file.
-mkdir -p "$(dirname "$out")"
-if [[ ! -f "$out" ]]; then
-  printf '# Benchmarks\n\n' >"$out"
-fi
-if grep -qF "$begin_marker" "$out"; then
-  awk -v begin="$begin_marker" -v end="$end_marker" -v block="$block" '
-    $0 == begin { while ((getline line < block) > 0) print line; skip = 1; next }
-    $0 == end { skip = 0; next }
-    !skip { print }' "$out" >"$work/out.md"
-else
-  # End the old content with one blank line, then add the block.
-  { sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' "$out"; echo; cat "$block"; } >"$work/out.md"
-fi
-cp "$work/out.md" "$out"
+write_bench_block "$out" "$begin_marker" "$end_marker" "$block"
 log "wrote $out"
 cat "$block"
